@@ -1,0 +1,154 @@
+"""Checkpoints: one safetensors file, written atomically, validated on load, never unpickled.
+
+Tensors are stored under prefixes: ``model.`` (trainable weights), ``optim.`` (optimizer state
+tensors), ``trns.`` (current negative sets), ``rng.`` (torch RNG states). Everything else — the
+resolved config, preprocessing, epoch / step, optimizer hyper-parameters, Python / numpy RNG
+state, metrics — is JSON in the file's metadata under the key ``dqecir``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from dqecir.errors import CheckpointError
+
+FORMAT = "dqecir-checkpoint"
+VERSION = 1
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)``, fsync, then rename over ``path``: a reader sees the old file or
+    the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dfd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _flatten_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for pid, st in state["state"].items():
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor):
+                tensors[f"optim.{pid}.{name}"] = v.detach().cpu().contiguous()
+            else:
+                scalars.setdefault(str(pid), {})[name] = v
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> dict:
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, sc in meta.get("scalars", {}).items():
+        state.setdefault(int(pid), {}).update(sc)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model_state: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+    scheduler: Any | None = None,
+    extra_tensors: dict[str, torch.Tensor] | None = None,
+) -> None:
+    """Write a checkpoint atomically. ``meta`` must be JSON-serialisable; it should hold at least
+    ``config`` (the resolved config) and ``preprocess``."""
+    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model_state.items()}
+    full_meta = dict(meta, format=FORMAT, version=VERSION)
+    if optimizer is not None:
+        opt_t, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        tensors.update(opt_t)
+        full_meta["optimizer"] = opt_meta
+    if scheduler is not None:
+        full_meta["scheduler"] = scheduler.state_dict()
+    for k, v in (extra_tensors or {}).items():
+        tensors[k] = v.detach().cpu().contiguous()
+    full_meta["rng_cuda"] = torch.cuda.is_available()
+    tensors["rng.torch"] = torch.get_rng_state()
+    header = {"dqecir": json.dumps(full_meta)}
+    atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
+
+
+class Checkpoint:
+    """A loaded checkpoint: ``meta`` (JSON) and its tensors by section."""
+
+    def __init__(self, path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]):
+        self.path = path
+        self.meta = meta
+        self.tensors = tensors
+
+    def section(self, prefix: str) -> dict[str, torch.Tensor]:
+        p = prefix + "."
+        return {k[len(p) :]: v for k, v in self.tensors.items() if k.startswith(p)}
+
+    @property
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return self.section("model")
+
+    def optimizer_state(self) -> dict[str, Any] | None:
+        if "optimizer" not in self.meta:
+            return None
+        return _unflatten_optimizer(self.section("optim"), self.meta["optimizer"])
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    """Read and validate a checkpoint; any problem is a :class:`CheckpointError` naming the file."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / "best.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            header = f.metadata() or {}
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} is unreadable or corrupted: {e}") from e
+    raw = header.get("dqecir")
+    if raw is None:
+        raise CheckpointError(f"checkpoint {path}: not a dqecir checkpoint (no 'dqecir' metadata)")
+    try:
+        meta = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise CheckpointError(f"checkpoint {path}: metadata is not valid JSON: {e}") from e
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"checkpoint {path}: unknown format {meta.get('format')!r}")
+    if int(meta.get("version", -1)) > VERSION:
+        raise CheckpointError(
+            f"checkpoint {path}: format version {meta.get('version')} is newer than this "
+            f"dqecir supports ({VERSION}); upgrade dqecir"
+        )
+    for key in ("config", "preprocess"):
+        if key not in meta:
+            raise CheckpointError(f"checkpoint {path}: metadata lacks '{key}'")
+    if not any(k.startswith("model.") for k in tensors):
+        raise CheckpointError(f"checkpoint {path}: holds no model weights")
+    return Checkpoint(path, meta, tensors)

@@ -1,0 +1,261 @@
+"""Experiment configuration: dataclasses, YAML in, resolved YAML out.
+
+Every field has a default; a YAML file sets what differs and ``--set section.key=value`` overrides
+from the command line. Unknown keys are errors (a typo must not silently train with a default).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dqecir.errors import DqecirError
+
+
+class ConfigError(DqecirError):
+    """A configuration file or override is invalid."""
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "lite"
+    """Registered backbone name (tiny, lite, blip2)."""
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    attribute_weights: str = "none"
+    """Attribute weights (AW): none | gate | subspace."""
+    attributes: list[str] = field(default_factory=lambda: ["color", "shape"])
+    """Named attributes; an implicit ``other`` is always added."""
+    subspace_dim: int = 64
+    """Size of each attribute subspace (``subspace`` realisation)."""
+
+
+@dataclass
+class DataConfig:
+    benchmark: str = "cirr"
+    """Annotation layout of the training data: cirr | circo | fashioniq."""
+    root: str = ""
+    """Benchmark root folder (overridden by ``--data-root``)."""
+    train_split: str = "train"
+    val_split: str = "val"
+    test_split: str = "test1"
+    categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])
+    """FashionIQ categories (ignored elsewhere)."""
+    lexicon: str = ""
+    """Attribute lexicon: a name under ``dqecir/lexicons`` (fmnist, shapes, fashioniq, cirr) or a
+    YAML path; empty for none."""
+    make: dict[str, Any] = field(default_factory=dict)
+    """If set and ``root`` does not exist: arguments of ``make_benchmark`` (kind, seed, size,
+    hard_only_train) to build an embedded benchmark there first."""
+    cache_dir: str = ""
+    """Frozen-feature cache folder; empty means ``<root>/.dqecir-cache``."""
+    skip_missing: bool = False
+    random_caption_order: bool = True
+    """FashionIQ: join the two captions in a random order in training (SPRC)."""
+
+
+@dataclass
+class LossConfig:
+    temperature: float = 0.07
+    learn_temperature: bool = True
+    mask_batch_gt: bool = True
+    """Do not treat another query's target as an in-batch negative when it is an annotated ground
+    truth of this query (or the same image)."""
+    w_kl: float = 0.0
+    w_rank: float = 0.0
+    w_attr: float = 0.0
+    tau_soft: float = 0.05
+    kl_inbatch: bool = False
+    """Add the in-batch targets to the KL candidate set."""
+    rank_margin: float = 2.0
+    rank_margin_units: str = "tau"
+    """tau: margin in units of the current temperature (margin * tau); abs: cosine units."""
+    attr_bce: float = 1.0
+    attr_nce: float = 1.0
+    attr_value: float = 0.0
+
+
+@dataclass
+class TRNSConfig:
+    enabled: bool = False
+    warmup_epochs: int = 1
+    update_interval: int = 1
+    interval_unit: str = "epoch"
+    """epoch | step."""
+    k: int = 16
+    zone: str = "tau"
+    """tau: bounds on delta/tau; abs: bounds on delta; quantile: per-query quantile band."""
+    zlow: float = -8.0
+    zhigh: float = -0.5
+    low: float = -0.25
+    high: float = -0.02
+    qlow: float = 0.90
+    qhigh: float = 0.99
+    dup_threshold: float = 0.0
+    """Exclude candidates whose image similarity to the target is >= this (0 disables)."""
+    chunk_size: int = 1024
+    """Queries scored per chunk against the pool (bounds memory)."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.98)
+    schedule: str = "cosine"
+    """cosine | onecycle | constant (all with linear warm-up)."""
+    warmup_ratio: float = 0.05
+    grad_clip: float = 1.0
+    seed: int = 0
+    device: str = "auto"
+    """auto | cpu | cuda | cuda:N."""
+    amp: str = "auto"
+    """auto (bf16 on CUDA) | bf16 | none."""
+    feature_batch_size: int = 64
+    eval_every: int = 1
+    log_every: int = 10
+    max_steps: int = 0
+    """Stop after this many optimizer steps (0: no limit; for tests and smoke runs)."""
+    num_threads: int = 0
+    """torch threads on CPU (0: torch default)."""
+
+
+@dataclass
+class EvalConfig:
+    batch_size: int = 256
+    topk: int = 50
+    headline: str = "map@10"
+    """Metric that picks the best checkpoint (``avg`` for CIRR, ``average/recall@10`` for FashionIQ)."""
+
+
+@dataclass
+class Config:
+    name: str = "experiment"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    trns: TRNSConfig = field(default_factory=TRNSConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return _to_plain(dataclasses.asdict(self))
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _to_plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _to_plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_to_plain(v) for v in x]
+    return x
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check / convert a YAML value to the annotated field type."""
+    origin = typing.get_origin(tp)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {type(value).__name__}")
+        return _build(tp, value, where)
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        args = typing.get_args(tp)
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{where}[{i}]") for i, v in enumerate(value)]
+        if origin is tuple:
+            if len(args) == 2 and args[1] is not Ellipsis and len(out) != 2:
+                raise ConfigError(f"{where}: expected 2 values, got {len(out)}")
+            return tuple(out)
+        return out
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(names)}"
+        )
+    kwargs = {
+        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    return _build(Config, data or {}, "")
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``section.key=value`` overrides (values parsed as YAML) to a config mapping."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected section.key=value")
+        key, raw = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = data
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {p} is not a section")
+        node[parts[-1]] = _parse_scalar(raw)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {p}: invalid YAML: {e}") from e
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file {p}: expected a mapping at the top level")
+    data = apply_overrides(data, overrides or [])
+    try:
+        return config_from_dict(data)
+    except ConfigError as e:
+        where = f"config file {path}" if path else "config"
+        raise ConfigError(f"{where}: {e}") from e

@@ -1,0 +1,152 @@
+"""From loaded splits to tensors the trainer and the evaluator index into.
+
+Frozen features are computed once per image / unique text (through the on-disk feature cache
+when one is given) and held in memory; a query is then three integer indices (reference, target,
+text) into them, so a training step runs only the trainable head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from dqecir.data.types import CIRSplit, Query
+from dqecir.errors import DataError
+from dqecir.models.backbones.base import Backbone
+
+
+def query_texts(q: Query, train: bool) -> list[str]:
+    """The text(s) a query is read as. FashionIQ's two captions are joined as "c0 and c1" for
+    evaluation; training also uses "c1 and c0" (a random order per step, as SPRC does)."""
+    texts = [t.strip() for t in q.texts if t.strip()]
+    if not texts:
+        raise DataError("query has no text", record=q.qid)
+    if len(texts) == 1:
+        return texts
+    joined = " and ".join(texts)
+    if not train:
+        return [joined]
+    return [joined, " and ".join(reversed(texts))]
+
+
+@dataclass
+class FeatureTable:
+    """Frozen features of a set of images and a set of texts, with id -> row maps."""
+
+    image_ids: list[str]
+    images: torch.Tensor
+    texts: list[str]
+    text_feats: dict[str, torch.Tensor]
+    image_row: dict[str, int] = field(init=False)
+    text_row: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.image_row = {i: r for r, i in enumerate(self.image_ids)}
+        self.text_row = {t: r for r, t in enumerate(self.texts)}
+
+    def image_rows(self, ids: Sequence[str]) -> torch.Tensor:
+        return torch.tensor([self.image_row[i] for i in ids], dtype=torch.long)
+
+    def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {k: v[rows] for k, v in self.text_feats.items()}
+
+
+def split_images(split: CIRSplit) -> tuple[list[str], list[Path]]:
+    """Every image a split touches (gallery first, then references / members), with paths."""
+    seen: dict[str, None] = dict.fromkeys(split.gallery)
+    for q in split.queries:
+        seen.setdefault(q.reference)
+        for m in q.members:
+            seen.setdefault(m)
+        for g in q.gt:
+            seen.setdefault(g)
+    ids = list(seen)
+    missing = [i for i in ids if i not in split.image_paths]
+    if missing:
+        raise DataError(
+            f"{len(missing)} image id(s) have no file path (first: {missing[:3]}); the loader "
+            "must resolve images for training / evaluation",
+            file=f"{split.benchmark}:{split.split}",
+        )
+    return ids, [split.image_paths[i] for i in ids]
+
+
+def build_features(
+    backbone: Backbone,
+    splits: Sequence[CIRSplit],
+    *,
+    train: bool,
+    cache_dir: Path | None,
+    device: torch.device,
+    batch_size: int = 64,
+) -> FeatureTable:
+    """Frozen image and text features for every image and query text of ``splits``."""
+    from dqecir.data.features import compute_image_features, compute_text_features
+
+    ids: dict[str, Path] = {}
+    for s in splits:
+        for i, p in zip(*split_images(s), strict=True):
+            ids.setdefault(i, p)
+    texts: dict[str, None] = {}
+    for s in splits:
+        for q in s.queries:
+            for t in query_texts(q, train):
+                texts.setdefault(t)
+    image_ids = list(ids)
+    images = compute_image_features(
+        backbone,
+        image_ids,
+        [ids[i] for i in image_ids],
+        cache_dir=cache_dir,
+        batch_size=batch_size,
+        device=device,
+    )
+    text_list = list(texts)
+    text_feats = compute_text_features(
+        backbone, text_list, cache_dir=cache_dir, batch_size=batch_size * 4, device=device
+    )
+    return FeatureTable(image_ids, images, text_list, text_feats)
+
+
+@dataclass
+class TrainQueries:
+    """Training queries as index tensors into a :class:`FeatureTable`."""
+
+    qids: list[str]
+    reference: torch.Tensor  # [Q] image rows
+    target: torch.Tensor  # [Q] image rows
+    text: torch.Tensor  # [Q, n_options] text rows
+    gts: list[list[int]]  # annotated ground truths, image rows (target included)
+
+    def __len__(self) -> int:
+        return len(self.qids)
+
+
+def build_train_queries(splits: Sequence[CIRSplit], table: FeatureTable) -> TrainQueries:
+    """The TRNS candidate pool is every image of ``table`` (build it from the training splits
+    alone: the split's gallery, every image appearing as reference or target)."""
+    qids, ref, tgt, txt, gts = [], [], [], [], []
+    for s in splits:
+        for q in s.queries:
+            if q.target is None:
+                raise DataError(
+                    "training query has no target", file=f"{s.benchmark}:{s.split}", record=q.qid
+                )
+            options = [table.text_row[t] for t in query_texts(q, train=True)]
+            if len(options) == 1:
+                options = options * 2
+            qids.append(q.qid)
+            ref.append(table.image_row[q.reference])
+            tgt.append(table.image_row[q.target])
+            txt.append(options[:2])
+            gts.append(sorted({table.image_row[g] for g in (q.target, *q.gt)}))
+    return TrainQueries(
+        qids,
+        torch.tensor(ref),
+        torch.tensor(tgt),
+        torch.tensor(txt),
+        gts,
+    )

@@ -1,0 +1,188 @@
+"""Model evaluation with each benchmark's protocol, and submission files for test splits.
+
+The gallery is embedded once per split; queries are scored in batches against it. Where the
+protocol says so (CIRR, CIRCO, our embedded benchmarks) the reference image is removed from the
+model's ranking before anything is scored or written; FashionIQ keeps it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from dqecir.data.pipeline import FeatureTable, query_texts
+from dqecir.data.types import CIRSplit
+from dqecir.models.cir import CIRModel
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SplitRanking:
+    split: CIRSplit
+    rankings: dict[str, list[str]]
+    subset_rankings: dict[str, list[str]] | None
+
+
+@torch.no_grad()
+def embed_gallery(
+    model: CIRModel,
+    image_feats: torch.Tensor,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Index embeddings ``[N, Nt, D]`` (float32, on ``device``) for frozen image features."""
+    model.eval()
+    out = []
+    it = range(0, len(image_feats), batch_size)
+    for i in tqdm(it, desc="gallery", disable=not progress, leave=False):
+        x = image_feats[i : i + batch_size].to(device).float()
+        out.append(model.gallery(x).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+@torch.no_grad()
+def rank_split(
+    model: CIRModel,
+    split: CIRSplit,
+    table: FeatureTable,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    topk: int = 50,
+    gallery_emb: torch.Tensor | None = None,
+    progress: bool = False,
+) -> SplitRanking:
+    """Top-``topk`` gallery ids per query (reference removed where the protocol says so), and the
+    ranking of ``img_set.members`` minus the reference where the split has them."""
+    model.eval()
+    gal_rows = table.image_rows(split.gallery)
+    if gallery_emb is None:
+        gallery_emb = embed_gallery(model, table.images[gal_rows], device, batch_size)
+    gal_pos = {g: i for i, g in enumerate(split.gallery)}
+    rankings: dict[str, list[str]] = {}
+    subsets: dict[str, list[str]] = {}
+    has_members = any(q.members for q in split.queries)
+    k = min(topk, len(split.gallery))
+    qs = split.queries
+    for start in tqdm(
+        range(0, len(qs), batch_size), desc="queries", disable=not progress, leave=False
+    ):
+        batch = qs[start : start + batch_size]
+        ref = table.images[table.image_rows([q.reference for q in batch])].to(device).float()
+        trows = torch.tensor([table.text_row[query_texts(q, train=False)[0]] for q in batch])
+        tf = {k_: v.to(device) for k_, v in table.text_batch(trows).items()}
+        q_star = model.query(ref, tf)["q_star"].float()
+        scores = model.score(q_star, gallery_emb)
+        if split.remove_reference:
+            for i, q in enumerate(batch):
+                p = gal_pos.get(q.reference)
+                if p is not None:
+                    scores[i, p] = float("-inf")
+        top = scores.topk(k, dim=1).indices.cpu().tolist()
+        for i, q in enumerate(batch):
+            rankings[q.qid] = [split.gallery[j] for j in top[i]]
+            if has_members and q.members:
+                mem = [m for m in q.members if m != q.reference]
+                ms = torch.tensor([scores[i, gal_pos[m]] for m in mem])
+                order = torch.argsort(ms, descending=True, stable=True).tolist()
+                subsets[q.qid] = [mem[j] for j in order]
+    return SplitRanking(split, rankings, subsets if has_members else None)
+
+
+def score_split(r: SplitRanking) -> dict[str, float]:
+    from dqecir.scoring import score_rankings
+
+    return score_rankings(r.split, r.rankings, subset_rankings=r.subset_rankings)
+
+
+def merge_metrics(results: Sequence[tuple[CIRSplit, dict[str, float]]]) -> dict[str, float]:
+    """One split: its metrics. FashionIQ categories: ``<category>/<metric>`` and the average."""
+    if len(results) == 1 and results[0][0].benchmark != "fashioniq":
+        return dict(results[0][1])
+    from dqecir.metrics import fashioniq_average
+
+    per_cat = {s.queries[0].group or s.split: m for s, m in results if s.queries}
+    return fashioniq_average(per_cat)
+
+
+def write_submission(r: SplitRanking, out_dir: Path, name: str) -> list[Path]:
+    """Official test-server files for a split (CIRR: recall + recall_subset; CIRCO: id ->
+    ranked ids; FashionIQ: dqecir's format, see docs/formats.md). Returns the paths written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    bench = r.split.benchmark
+    written = []
+    if bench == "cirr":
+        rec = {"version": "rc2", "metric": "recall"}
+        rec.update({qid: ids for qid, ids in r.rankings.items()})
+        p = out_dir / f"{name}_recall.json"
+        p.write_text(json.dumps(rec))
+        written.append(p)
+        if r.subset_rankings is not None:
+            sub = {"version": "rc2", "metric": "recall_subset"}
+            sub.update({qid: ids[:3] for qid, ids in r.subset_rankings.items()})
+            p = out_dir / f"{name}_recall_subset.json"
+            p.write_text(json.dumps(sub))
+            written.append(p)
+    elif bench == "circo":
+        sub = {qid: [int(i) for i in ids] for qid, ids in r.rankings.items()}
+        p = out_dir / f"{name}.json"
+        p.write_text(json.dumps(sub))
+        written.append(p)
+    else:
+        from dqecir.scoring import FASHIONIQ_VERSION
+
+        sub = {"version": FASHIONIQ_VERSION}
+        sub.update(r.rankings)
+        p = out_dir / f"{name}.json"
+        p.write_text(json.dumps(sub))
+        written.append(p)
+    return written
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    benchmark: str,
+    root: Path,
+    split: str,
+    *,
+    out_dir: Path | None = None,
+    device: str = "auto",
+    cache_dir: Path | None = None,
+    categories: Sequence[str] | None = None,
+) -> tuple[dict[str, float], list[Path]]:
+    """Evaluate a checkpoint on a benchmark split.
+
+    Splits with targets are scored (same keys as ``dqecir score``); splits without targets get
+    the official submission files in ``out_dir``. Returns the metrics and the files written.
+    """
+    from dqecir.data.formats import load_benchmark
+    from dqecir.data.pipeline import build_features
+    from dqecir.models.cir import load_model
+    from dqecir.train import resolve_device
+
+    dev = resolve_device(device)
+    model, ck = load_model(checkpoint, dev)
+    kw = {"categories": list(categories)} if categories and benchmark == "fashioniq" else {}
+    splits = load_benchmark(benchmark, Path(root), split, **kw)
+    cache = cache_dir or Path(root) / ".dqecir-cache"
+    table = build_features(model.backbone, splits, train=False, cache_dir=cache, device=dev)
+    results, written = [], []
+    out = out_dir or ck.path.parent / f"submission-{benchmark}-{split}"
+    for s in splits:
+        r = rank_split(model, s, table, dev, progress=True)
+        name = f"{benchmark}_{split}" + (f"_{s.queries[0].group}" if s.queries and s.queries[0].group else "")
+        if s.has_targets:
+            results.append((s, score_split(r)))
+        else:
+            written += write_submission(r, out, name)
+    if written and s.remove_reference:
+        log.info("the reference image was removed from every ranking before writing")
+    return (merge_metrics(results) if results else {}), written

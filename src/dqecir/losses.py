@@ -1,0 +1,106 @@
+"""Training losses as modules that return named terms (so every term can be logged).
+
+- :class:`ITCLoss`: in-batch InfoNCE over ``s(q*, T)`` with a learnable temperature (the
+  SPRC-style baseline, ``L_itc``).
+- :class:`RelevanceKL`: relevance suppression, ``KL(p_hat || p)`` over the target and its mined
+  negatives, with soft targets from the target's own image similarity (``L_kl``).
+- :class:`MarginRank`: semantic confusion hinge between the target and each negative (``L_rank``).
+- attribute losses live beside the attribute head (:mod:`dqecir.models.attribute`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Temperature(nn.Module):
+    """A learnable (or fixed) softmax temperature, stored as its logarithm."""
+
+    def __init__(self, init: float = 0.07, learnable: bool = True, minimum: float = 1e-3) -> None:
+        super().__init__()
+        if init <= 0:
+            raise ValueError(f"temperature must be > 0, got {init}")
+        self.log_tau = nn.Parameter(torch.tensor(math.log(init)), requires_grad=learnable)
+        self.minimum = minimum
+
+    def forward(self) -> torch.Tensor:
+        return self.log_tau.exp().clamp(min=self.minimum)
+
+
+class ITCLoss(nn.Module):
+    """In-batch InfoNCE: query ``i`` must pick column ``i`` among the batch's targets.
+
+    ``scores`` is the ``[B, B]`` matrix ``s(q*_i, T_j)``; ``ignore`` (optional, boolean ``[B, B]``)
+    marks off-diagonal pairs that are not negatives (another query's target that is also a valid
+    target of query ``i``); they are removed from the softmax.
+    """
+
+    def forward(
+        self, scores: torch.Tensor, tau: torch.Tensor, ignore: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        logits = scores.float() / tau
+        if ignore is not None:
+            eye = torch.eye(len(scores), dtype=torch.bool, device=scores.device)
+            logits = logits.masked_fill(ignore & ~eye, float("-inf"))
+        labels = torch.arange(len(scores), device=scores.device)
+        return {"itc": F.cross_entropy(logits, labels)}
+
+
+class RelevanceKL(nn.Module):
+    """``KL(p_hat || p)`` over each query's candidate set ``S_i = {t_i} ∪ N_i``.
+
+    ``p = softmax(s(q*_i, S_i) / tau)`` is the model's distribution; ``p_hat =
+    softmax(s_img(t_i, S_i) / tau_soft)`` is how similar each candidate looks to the target itself
+    (the target gets the most mass), so near-duplicates of the target are not pushed as far as
+    unrelated images. Rows whose mask is all-false contribute nothing.
+    """
+
+    def __init__(self, tau_soft: float = 0.05) -> None:
+        super().__init__()
+        if tau_soft <= 0:
+            raise ValueError(f"tau_soft must be > 0, got {tau_soft}")
+        self.tau_soft = tau_soft
+
+    def forward(
+        self,
+        model_scores: torch.Tensor,
+        image_scores: torch.Tensor,
+        tau: torch.Tensor,
+        valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``model_scores``, ``image_scores``: ``[B, C]`` with column 0 the target;
+        ``valid``: ``[B, C]`` boolean (padding slots False)."""
+        logits = model_scores.float() / tau
+        soft = image_scores.float().detach() / self.tau_soft
+        if valid is not None:
+            logits = logits.masked_fill(~valid, float("-inf"))
+            soft = soft.masked_fill(~valid, float("-inf"))
+        log_p = F.log_softmax(logits, dim=-1)
+        log_q = F.log_softmax(soft, dim=-1)
+        q = log_q.exp()
+        terms = torch.where(q > 0, q * (log_q - log_p), torch.zeros_like(q))
+        return {"kl": terms.sum(dim=-1).mean()}
+
+
+class MarginRank(nn.Module):
+    """``mean_n max(0, margin - s(q*_i, t_i) + s(q*_i, n))`` over the negatives ``n`` of each
+    query. Also returns the fraction of active (non-zero) hinges, to show the term still works."""
+
+    def forward(
+        self,
+        pos_scores: torch.Tensor,
+        neg_scores: torch.Tensor,
+        margin: torch.Tensor | float,
+        valid: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        hinge = F.relu(margin - pos_scores.float().unsqueeze(1) + neg_scores.float())
+        if valid is None:
+            valid = torch.ones_like(hinge, dtype=torch.bool)
+        n = valid.sum().clamp(min=1)
+        loss = (hinge * valid).sum() / n
+        active = ((hinge > 0) & valid).sum().float() / n
+        return {"rank": loss, "rank_active": active.detach()}

@@ -1,0 +1,170 @@
+"""Learnable attribute weights (AW) and the attribute-aware auxiliary loss.
+
+Two realisations (METHOD.md), both keeping the gallery side query-independent so that one
+index serves every query:
+
+- ``gate``: ``g(m) = softplus(w_0) + sum_a alpha_a(m) softplus(w_a)``, ``q* = normalise(q ⊙ g)``;
+  the gallery is unchanged (``<q ⊙ g, t> `` ranks like ``<q ⊙ g, t ⊙ 1>``).
+- ``subspace``: projections ``P_a`` give attribute embeddings on both sides; gallery tokens become
+  ``[t ; P_color t ; P_shape t]`` and the query ``[q ; alpha_color P_color q ; alpha_shape P_shape q]``
+  (each block normalised), so a single inner product scores it.
+
+``alpha_a(m) = sigmoid(W_a h + b_a)`` is multi-label: a text can change colour AND shape.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+_SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(x) = 1
+
+
+class AttributeWeights(nn.Module):
+    def __init__(
+        self,
+        mode: str,
+        dim: int,
+        hidden_dim: int,
+        attributes: Sequence[str],
+        subspace_dim: int = 64,
+    ) -> None:
+        super().__init__()
+        if mode not in ("gate", "subspace"):
+            raise ValueError(f"attribute_weights must be gate or subspace, got {mode!r}")
+        if not attributes:
+            raise ValueError("attribute weights need at least one attribute")
+        self.mode = mode
+        self.attributes = list(attributes)
+        self.dim = dim
+        self.relevance = nn.Linear(hidden_dim, len(self.attributes))
+        if mode == "gate":
+            self.w0 = nn.Parameter(torch.full((dim,), _SOFTPLUS_ONE))
+            self.w = nn.Parameter(torch.full((len(self.attributes), dim), _SOFTPLUS_ONE))
+        else:
+            proj = torch.randn(len(self.attributes), subspace_dim, dim) / math.sqrt(dim)
+            self.proj = nn.Parameter(proj)
+        self.subspace_dim = subspace_dim
+
+    @property
+    def out_dim(self) -> int:
+        if self.mode == "gate":
+            return self.dim
+        return self.dim + len(self.attributes) * self.subspace_dim
+
+    def relevance_logits(self, h: torch.Tensor) -> torch.Tensor:
+        """``[B, A]`` logits of ``alpha``."""
+        return self.relevance(h.float())
+
+    def attribute_space(self, x: torch.Tensor, a: int) -> torch.Tensor:
+        """Embedding of ``x`` (``[..., d]``) in attribute ``a``'s weighted subspace, normalised."""
+        if self.mode == "gate":
+            return F.normalize(x * F.softplus(self.w[a]), dim=-1)
+        return F.normalize(x @ self.proj[a].T, dim=-1)
+
+    def query(self, q: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Weighted query ``q*`` and the relevance ``alpha`` ``[B, A]``."""
+        alpha = torch.sigmoid(self.relevance_logits(h))
+        q = q.float()
+        if self.mode == "gate":
+            g = F.softplus(self.w0) + alpha @ F.softplus(self.w)
+            return F.normalize(q * g, dim=-1), alpha
+        blocks = [q] + [
+            alpha[:, a : a + 1] * self.attribute_space(q, a) for a in range(len(self.attributes))
+        ]
+        return F.normalize(torch.cat(blocks, dim=-1), dim=-1), alpha
+
+    def gallery(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Gallery tokens ``[B, Nt, d]`` -> what the index stores ``[B, Nt, out_dim]``."""
+        if self.mode == "gate":
+            return tokens
+        blocks = [tokens.float()] + [
+            self.attribute_space(tokens.float(), a) for a in range(len(self.attributes))
+        ]
+        return torch.cat(blocks, dim=-1) / math.sqrt(1 + len(self.attributes))
+
+
+class Lexicon:
+    """Per-benchmark word lists that mark an attribute in a text (data, not code).
+
+    ``words[attribute] = {value: [phrases...]}``; a text mentions an attribute when one of its
+    phrases occurs as whole words. The value it names is the first phrase found (for the
+    optional value loss).
+    """
+
+    def __init__(self, words: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+        self.words = {a: {v: list(p) for v, p in vals.items()} for a, vals in words.items()}
+        self._patterns: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+        for a, vals in self.words.items():
+            pats = []
+            for v, phrases in vals.items():
+                for ph in phrases:
+                    pats.append((v, re.compile(r"\b" + re.escape(ph.lower()) + r"\b")))
+            self._patterns[a] = pats
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.words)
+
+    def values(self, attribute: str) -> list[str]:
+        return list(self.words.get(attribute, {}))
+
+    def labels(self, text: str, attributes: Sequence[str]) -> list[float]:
+        t = text.lower()
+        return [
+            float(any(p.search(t) for _, p in self._patterns.get(a, []))) for a in attributes
+        ]
+
+    def value(self, text: str, attribute: str) -> str | None:
+        t = text.lower()
+        best: tuple[int, str] | None = None
+        for v, p in self._patterns.get(attribute, []):
+            m = p.search(t)
+            if m and (best is None or m.start() < best[0]):
+                best = (m.start(), v)
+        return best[1] if best else None
+
+
+class AttributeLoss(nn.Module):
+    """``L_attr``: (a) BCE between ``alpha`` and the lexicon labels; (b) for each attribute a text
+    mentions, in-batch InfoNCE in that attribute's weighted subspace."""
+
+    def __init__(self, w_bce: float = 1.0, w_nce: float = 1.0) -> None:
+        super().__init__()
+        self.w_bce = w_bce
+        self.w_nce = w_nce
+
+    def forward(
+        self,
+        aw: AttributeWeights,
+        h: torch.Tensor,
+        q: torch.Tensor,
+        t_pooled: torch.Tensor,
+        labels: torch.Tensor,
+        tau: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """``q``: un-weighted queries ``[B, d]``; ``t_pooled``: pooled target embeddings ``[B, d]``;
+        ``labels``: ``[B, A]`` lexicon labels (0/1)."""
+        logits = aw.relevance_logits(h)
+        bce = F.binary_cross_entropy_with_logits(logits, labels.float())
+        nce = q.new_zeros((), dtype=torch.float32)
+        n_terms = 0
+        for a in range(len(aw.attributes)):
+            rows = labels[:, a] > 0.5
+            if rows.sum() < 2:
+                continue
+            qa = aw.attribute_space(q[rows].float(), a)
+            ta = aw.attribute_space(t_pooled.float(), a)
+            logits_a = qa @ ta.T / tau
+            target_cols = torch.nonzero(rows, as_tuple=False).squeeze(1)
+            nce = nce + F.cross_entropy(logits_a, target_cols)
+            n_terms += 1
+        if n_terms:
+            nce = nce / n_terms
+        total = self.w_bce * bce + self.w_nce * nce
+        return {"attr": total, "attr_bce": bce.detach(), "attr_nce": nce.detach()}

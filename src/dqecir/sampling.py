@@ -1,0 +1,195 @@
+"""Target relative negative sampling (TRNS): pool scoring, mid-zone selection, schedule.
+
+Pure tensor code: it takes query and pool embeddings, never a model.
+
+For training query ``i`` with target ``t_i`` and every pool candidate ``c_j``:
+``delta_ij = s(q_i, c_j) - s(q_i, t_i)`` (the target relative similarity distribution). Candidates
+in the mid-zone ``low <= z_ij <= high`` are informative negatives: ``z`` is ``delta / tau``
+(``zone="tau"``, default: the bounds follow the sharpening temperature), ``delta`` itself
+(``zone="abs"``) or, with ``zone="quantile"``, the bounds are per-query quantiles of ``delta``.
+Never negatives: the target, the reference, every annotated ground truth, and (when
+``dup_threshold > 0``) near-duplicates of the target (``s_img(t_i, c_j) >= dup_threshold``).
+``K`` negatives are drawn uniformly from the zone; a zone smaller than ``K`` is filled with the
+candidates nearest to it from below, never from above (above the zone lie likely false
+negatives).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from dqecir.models.backbones.base import pooled, similarity
+
+
+@dataclass
+class ZoneSpec:
+    zone: str = "tau"
+    zlow: float = -8.0
+    zhigh: float = -0.5
+    low: float = -0.25
+    high: float = -0.02
+    qlow: float = 0.90
+    qhigh: float = 0.99
+
+    def __post_init__(self) -> None:
+        if self.zone not in ("tau", "abs", "quantile"):
+            raise ValueError(f"zone must be tau, abs or quantile, got {self.zone!r}")
+        lo, hi = {"tau": (self.zlow, self.zhigh), "abs": (self.low, self.high)}.get(
+            self.zone, (self.qlow, self.qhigh)
+        )
+        if not lo < hi:
+            raise ValueError(f"zone bounds must satisfy low < high, got {lo} >= {hi}")
+        if self.zone == "quantile" and not (0.0 <= lo and hi <= 1.0):
+            raise ValueError("quantile bounds must lie in [0, 1]")
+
+
+@dataclass
+class MiningResult:
+    negatives: torch.Tensor
+    """``[Q, K]`` pool indices, ``-1`` where not even the fill found a candidate."""
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def _exclusion_mask(
+    n_rows: int,
+    pool_size: int,
+    excluded: Sequence[Sequence[int]],
+    device: torch.device,
+) -> torch.Tensor:
+    mask = torch.zeros(n_rows, pool_size, dtype=torch.bool, device=device)
+    rows = [i for i, ex in enumerate(excluded) for _ in ex]
+    cols = [j for ex in excluded for j in ex]
+    if rows:
+        mask[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = True
+    return mask
+
+
+def _zone_values(
+    delta: torch.Tensor, excluded: torch.Tensor, spec: ZoneSpec, tau: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Returns ``z`` and the per-row bounds (broadcastable) for the zone test."""
+    if spec.zone == "tau":
+        return delta / tau, delta.new_tensor(spec.zlow), delta.new_tensor(spec.zhigh)
+    if spec.zone == "abs":
+        return delta, delta.new_tensor(spec.low), delta.new_tensor(spec.high)
+    masked = delta.masked_fill(excluded, float("nan"))
+    lo = torch.nanquantile(masked, spec.qlow, dim=1, keepdim=True)
+    hi = torch.nanquantile(masked, spec.qhigh, dim=1, keepdim=True)
+    return delta, lo, hi
+
+
+def mine_negatives(
+    queries: torch.Tensor,
+    pool: torch.Tensor,
+    targets: torch.Tensor,
+    excluded: Sequence[Sequence[int]],
+    k: int,
+    spec: ZoneSpec,
+    tau: float,
+    *,
+    dup_threshold: float = 0.0,
+    chunk_size: int = 1024,
+    generator: torch.Generator | None = None,
+) -> MiningResult:
+    """Select ``k`` mid-zone negatives for every query.
+
+    Args:
+        queries: ``[Q, D]`` weighted queries ``q*``.
+        pool: ``[P, Nt, D]`` (or ``[P, D]``) candidate embeddings as indexed.
+        targets: ``[Q]`` pool index of each query's target.
+        excluded: per query, pool indices that are never negatives (reference, annotated ground
+            truths; the target is always excluded).
+        k: negatives per query.
+        spec: zone definition; ``tau``: the current temperature.
+        dup_threshold: exclude candidates whose image similarity to the target is at least this
+            (0 disables the guard).
+        chunk_size: queries scored at once; memory stays ``O(chunk_size * P * Nt)``.
+    """
+    t0 = time.perf_counter()
+    n_q, n_p = queries.shape[0], pool.shape[0]
+    if len(excluded) != n_q or targets.shape[0] != n_q:
+        raise ValueError("queries, targets and excluded must have the same length")
+    if k <= 0:
+        raise ValueError("k must be positive")
+    pool = pool.float()
+    pool_pooled = pooled(pool) if dup_threshold > 0 else None
+    out = torch.full((n_q, k), -1, dtype=torch.long)
+    zone_sizes = torch.zeros(n_q, dtype=torch.long)
+    filled = torch.zeros(n_q, dtype=torch.long)
+    dup_excluded = torch.zeros(n_q, dtype=torch.long)
+    above = torch.zeros(n_q, dtype=torch.long)
+    for start in range(0, n_q, chunk_size):
+        end = min(start + chunk_size, n_q)
+        q = queries[start:end].float()
+        tgt = targets[start:end].long()
+        rows = torch.arange(end - start, device=q.device)
+        s = similarity(q, pool)  # [C, P]
+        delta = s - s[rows, tgt].unsqueeze(1)
+        ex = _exclusion_mask(end - start, n_p, excluded[start:end], s.device)
+        ex[rows, tgt] = True
+        if pool_pooled is not None:
+            s_img = pool_pooled[tgt] @ pool_pooled.T
+            dup = (s_img >= dup_threshold) & ~ex
+            dup_excluded[start:end] = dup.sum(1).cpu()
+            ex |= dup
+        z, lo, hi = _zone_values(delta, ex, spec, tau)
+        ok = ~ex
+        in_zone = ok & (z >= lo) & (z <= hi)
+        below = ok & (z < lo)
+        above[start:end] = (ok & (z > hi)).sum(1).cpu()
+        zone_sizes[start:end] = in_zone.sum(1).cpu()
+        # Uniform sample from the zone: random keys, zone members first.
+        keys = torch.rand(z.shape, generator=generator, device=z.device)
+        zone_key = torch.where(in_zone, keys + 2.0, torch.full_like(keys, -1.0))
+        # Fill from below: nearest to the zone first (largest z below the lower bound).
+        below_key = torch.where(below, torch.sigmoid(z.float()), torch.full_like(keys, -1.0))
+        key = torch.maximum(zone_key, below_key)
+        kk = min(k, n_p)
+        vals, idx = key.topk(kk, dim=1)
+        idx = torch.where(vals >= 0, idx, torch.full_like(idx, -1))
+        out[start:end, :kk] = idx.cpu()
+        filled[start:end] = (zone_sizes[start:end] < k).long()
+    stats = {
+        "zone_median": float(zone_sizes.float().median()),
+        "zone_p10": float(torch.quantile(zone_sizes.float(), 0.1)),
+        "zone_mean": float(zone_sizes.float().mean()),
+        "filled_from_below_frac": float(filled.float().mean()),
+        "dup_excluded_mean": float(dup_excluded.float().mean()),
+        "above_zone_mean": float(above.float().mean()),
+        "missing_slots": int((out < 0).sum()),
+        "seconds": time.perf_counter() - t0,
+    }
+    return MiningResult(out, stats)
+
+
+class TRNSSchedule:
+    """When to (re)mine: after ``warmup_epochs`` of L_itc alone, then every ``interval`` epochs
+    (``unit="epoch"``) or optimizer steps (``unit="step"``)."""
+
+    def __init__(self, warmup_epochs: int, interval: int, unit: str = "epoch") -> None:
+        if unit not in ("epoch", "step"):
+            raise ValueError(f"interval unit must be epoch or step, got {unit!r}")
+        if interval <= 0 or warmup_epochs < 0:
+            raise ValueError("interval must be > 0 and warmup_epochs >= 0")
+        self.warmup_epochs = warmup_epochs
+        self.interval = interval
+        self.unit = unit
+
+    def due(self, epoch: int, global_step: int, steps_per_epoch: int, last_step: int) -> bool:
+        """Whether to mine before the step ``global_step`` (0-based) of epoch ``epoch``.
+
+        ``last_step`` is the global step of the last mining (-1 if never)."""
+        start = self.warmup_epochs * steps_per_epoch
+        if global_step < start:
+            return False
+        if last_step < 0:
+            return True
+        if self.unit == "step":
+            return global_step - last_step >= self.interval
+        at_epoch_start = global_step == epoch * steps_per_epoch
+        epochs_since = (global_step - last_step) // max(steps_per_epoch, 1)
+        return at_epoch_start and epochs_since >= self.interval

@@ -1,0 +1,513 @@
+"""One training loop for every benchmark and every variant (baseline, +AW, +TRNS, full).
+
+``train(config, out_dir)`` writes into ``out_dir``: ``config.yaml`` (the resolved config),
+``log.jsonl`` (one JSON object per logged step, TRNS update and validation), ``last.safetensors``
+(after every epoch, for ``--resume``) and ``best.safetensors`` (best validation headline metric).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from dqecir.checkpoint import load_checkpoint, save_checkpoint
+from dqecir.config import Config, ConfigError, config_from_dict
+from dqecir.data.pipeline import (
+    FeatureTable,
+    TrainQueries,
+    build_features,
+    build_train_queries,
+)
+from dqecir.data.types import CIRSplit
+from dqecir.errors import CheckpointError
+from dqecir.evaluate import embed_gallery, merge_metrics, rank_split, score_split
+from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
+from dqecir.models.attribute import AttributeLoss, Lexicon
+from dqecir.models.backbones.base import pooled, similarity
+from dqecir.models.cir import CIRModel, build_model
+from dqecir.sampling import TRNSSchedule, ZoneSpec, mine_negatives
+
+log = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- set-up helpers
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device={name} but CUDA is not available")
+    return dev
+
+
+def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    if amp == "none":
+        return None
+    if amp == "bf16":
+        return torch.bfloat16
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    raise ConfigError(f"train.amp must be auto, bf16 or none, got {amp!r}")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: Config, split: str) -> list[CIRSplit]:
+    from dqecir.data.formats import load_benchmark
+
+    kw: dict[str, Any] = {"skip_missing": cfg.data.skip_missing}
+    if cfg.data.benchmark == "fashioniq":
+        kw["categories"] = cfg.data.categories
+    return load_benchmark(cfg.data.benchmark, Path(cfg.data.root), split, **kw)
+
+
+def ensure_data(cfg: Config) -> None:
+    """Build the embedded benchmark the config names when its root does not exist yet."""
+    root = Path(cfg.data.root)
+    if not cfg.data.root:
+        raise ConfigError("data.root is empty: set it in the config or pass --data-root")
+    if root.exists() or not cfg.data.make:
+        return
+    from dqecir.data.synthetic import make_benchmark
+
+    make = dict(cfg.data.make)
+    kind = make.pop("kind")
+    # The config root points at one layout (e.g. <out>/cirr); the benchmark folder is its parent.
+    out = root.parent if root.name in ("cirr", "circo") else root
+    log.info("building the %s benchmark in %s", kind, out)
+    make_benchmark(kind, out, **make)
+
+
+def load_lexicon(spec: str) -> Lexicon | None:
+    if not spec:
+        return None
+    import yaml
+
+    path = Path(spec)
+    if not path.suffix:
+        path = Path(__file__).parent / "lexicons" / f"{spec}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"lexicon {spec!r}: no file {path}")
+    data = yaml.safe_load(path.read_text())
+    return Lexicon(data)
+
+
+def make_scheduler(
+    opt: torch.optim.Optimizer, cfg: Config, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    warm = max(1, int(cfg.train.warmup_ratio * total_steps))
+    kind = cfg.train.schedule
+    if kind not in ("cosine", "onecycle", "constant"):
+        raise ConfigError(f"train.schedule must be cosine, onecycle or constant, got {kind!r}")
+
+    def factor(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        if kind == "constant":
+            return 1.0
+        t = min(1.0, (step - warm) / max(1, total_steps - warm))
+        if kind == "cosine":
+            return 0.5 * (1 + math.cos(math.pi * t))
+        return max(0.0, 1.0 - t)  # one-cycle: linear ramp up then linear decay
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (decay if p.dim() >= 2 and "temperature" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": cfg.train.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+
+
+class JsonlLog:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, record: dict[str, Any]) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+# ---------------------------------------------------------------------------- the trainer
+@dataclass
+class TrainState:
+    epoch: int = 0
+    global_step: int = 0
+    best: float = -math.inf
+    best_epoch: int = -1
+    trns_last_step: int = -1
+    trns_updates: int = 0
+
+
+class Trainer:
+    def __init__(self, cfg: Config, out_dir: Path) -> None:
+        self.cfg = cfg
+        self.out = Path(out_dir)
+        self.device = resolve_device(cfg.train.device)
+        self.amp = autocast_dtype(cfg.train.amp, self.device)
+        if cfg.train.num_threads > 0:
+            torch.set_num_threads(cfg.train.num_threads)
+        seed_everything(cfg.train.seed)
+        ensure_data(cfg)
+        self.model = build_model(cfg.model, cfg.loss).to(self.device)
+        self.lexicon = load_lexicon(cfg.data.lexicon)
+        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".dqecir-cache"
+        bb = self.model.backbone
+        fb = cfg.train.feature_batch_size
+        self.train_splits = load_splits(cfg, cfg.data.train_split)
+        self.val_splits = load_splits(cfg, cfg.data.val_split)
+        self.train_table = build_features(
+            bb, self.train_splits, train=True, cache_dir=cache, device=self.device, batch_size=fb
+        )
+        self.val_table = build_features(
+            bb, self.val_splits, train=False, cache_dir=cache, device=self.device, batch_size=fb
+        )
+        self.queries: TrainQueries = build_train_queries(self.train_splits, self.train_table)
+        self.text_labels = self._text_labels(self.train_table)
+        self.steps_per_epoch = math.ceil(len(self.queries) / cfg.train.batch_size)
+        self.total_steps = self.steps_per_epoch * cfg.train.epochs
+        self.opt = make_optimizer(self.model, cfg)
+        self.sched = make_scheduler(self.opt, cfg, self.total_steps)
+        self.itc = ITCLoss()
+        self.kl = RelevanceKL(cfg.loss.tau_soft)
+        self.rank = MarginRank()
+        self.attr = AttributeLoss(cfg.loss.attr_bce, cfg.loss.attr_nce)
+        self.schedule = TRNSSchedule(
+            cfg.trns.warmup_epochs, cfg.trns.update_interval, cfg.trns.interval_unit
+        )
+        self.zone = ZoneSpec(
+            cfg.trns.zone, cfg.trns.zlow, cfg.trns.zhigh, cfg.trns.low, cfg.trns.high,
+            cfg.trns.qlow, cfg.trns.qhigh,
+        )  # fmt: skip
+        self.negatives = torch.full((len(self.queries), cfg.trns.k), -1, dtype=torch.long)
+        self.state = TrainState()
+        self.log = JsonlLog(self.out / "log.jsonl")
+        # Ground-truth sets as a sparse lookup for the in-batch mask.
+        self._gt_sets = [set(g) for g in self.queries.gts]
+        self._images = self.train_table.images  # kept on CPU; batches move to the device
+
+    # -- helpers ---------------------------------------------------------------------
+    def _text_labels(self, table: FeatureTable) -> torch.Tensor:
+        attrs = self.model.attributes
+        if self.lexicon is None or not attrs:
+            return torch.zeros(len(table.texts), max(1, len(attrs)))
+        return torch.tensor([self.lexicon.labels(t, attrs) for t in table.texts])
+
+    def _autocast(self):
+        if self.amp is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.amp)
+
+    def _img(self, rows: torch.Tensor) -> torch.Tensor:
+        return self._images[rows].to(self.device, non_blocking=True).float()
+
+    def trns_active(self) -> bool:
+        c = self.cfg
+        return c.trns.enabled and (c.loss.w_kl > 0 or c.loss.w_rank > 0)
+
+    # -- TRNS --------------------------------------------------------------------------
+    @torch.no_grad()
+    def mine(self) -> dict[str, float]:
+        t0 = time.perf_counter()
+        self.model.eval()
+        pool = embed_gallery(self.model, self._images, self.device, self.cfg.eval.batch_size)
+        t_pool = time.perf_counter() - t0
+        qs = []
+        for i in range(0, len(self.queries), self.cfg.eval.batch_size):
+            sl = slice(i, i + self.cfg.eval.batch_size)
+            ref = self._img(self.queries.reference[sl])
+            tf = {k: v.to(self.device) for k, v in self.train_table.text_batch(self.queries.text[sl, 0]).items()}
+            qs.append(self.model.query(ref, tf)["q_star"].float())
+        q = torch.cat(qs)
+        excluded = [
+            sorted(set(g) | {int(r)})
+            for g, r in zip(self.queries.gts, self.queries.reference.tolist(), strict=True)
+        ]
+        gen = torch.Generator(device=self.device).manual_seed(
+            self.cfg.train.seed * 1000 + self.state.trns_updates
+        )
+        res = mine_negatives(
+            q,
+            pool,
+            self.queries.target.to(self.device),
+            excluded,
+            self.cfg.trns.k,
+            self.zone,
+            float(self.model.temperature()),
+            dup_threshold=self.cfg.trns.dup_threshold,
+            chunk_size=self.cfg.trns.chunk_size,
+            generator=gen,
+        )
+        self.negatives = res.negatives
+        self.state.trns_last_step = self.state.global_step
+        self.state.trns_updates += 1
+        self.model.train()
+        stats = dict(res.stats)
+        stats["pool_seconds"] = t_pool
+        stats["total_seconds"] = time.perf_counter() - t0
+        return stats
+
+    # -- one step ------------------------------------------------------------------------
+    def step_losses(self, b: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        cfg = self.cfg
+        qz = self.queries
+        choice = torch.randint(0, qz.text.shape[1], (len(b),), generator=gen)
+        trows = qz.text[b, choice]
+        tf = {k: v.to(self.device) for k, v in self.train_table.text_batch(trows).items()}
+        tau = self.model.temperature()
+        terms: dict[str, torch.Tensor] = {}
+        with self._autocast():
+            qo = self.model.query(self._img(qz.reference[b]), tf)
+            tgt_tokens = self.model.gallery_tokens(self._img(qz.target[b]))
+            tgt = self.model.to_index(tgt_tokens)
+            q_star = qo["q_star"].float()
+            scores = similarity(q_star, tgt.float())
+            ignore = None
+            if cfg.loss.mask_batch_gt:
+                tg = qz.target[b].tolist()
+                ignore = torch.tensor(
+                    [[t in self._gt_sets[i] for t in tg] for i in b.tolist()], device=self.device
+                )
+            terms.update(self.itc(scores, tau, ignore))
+            total = terms["itc"]
+            if self.trns_active() and self.state.trns_updates > 0:
+                negs = self.negatives[b]
+                valid = (negs >= 0).to(self.device)
+                n_tok = self.model.to_index(
+                    self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten()))
+                ).float()
+                n_tok = n_tok.view(len(b), negs.shape[1], *n_tok.shape[1:])
+                s_neg = torch.einsum("bd,bkld->bkl", q_star, n_tok).amax(-1)
+                s_pos = scores.diagonal()
+                if cfg.loss.w_kl > 0:
+                    img_t = pooled(tgt_tokens.float()).detach()
+                    img_n = pooled(
+                        self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten())).float()
+                    ).detach().view(len(b), negs.shape[1], -1)
+                    s_img_n = torch.einsum("bd,bkd->bk", img_t, img_n)
+                    m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
+                    i_scores = torch.cat([torch.ones_like(s_pos).unsqueeze(1), s_img_n], 1)
+                    kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+                    if cfg.loss.kl_inbatch:
+                        off = ~torch.eye(len(b), dtype=torch.bool, device=self.device)
+                        if ignore is not None:
+                            off &= ~ignore
+                        m_scores = torch.cat([m_scores, scores], 1)
+                        i_scores = torch.cat([i_scores, img_t @ img_t.T], 1)
+                        kvalid = torch.cat([kvalid, off], 1)
+                    terms.update(self.kl(m_scores, i_scores, tau, kvalid))
+                    total = total + cfg.loss.w_kl * terms["kl"]
+                if cfg.loss.w_rank > 0:
+                    margin = cfg.loss.rank_margin * (
+                        tau.detach() if cfg.loss.rank_margin_units == "tau" else 1.0
+                    )
+                    terms.update(self.rank(s_pos, s_neg, margin, valid))
+                    total = total + cfg.loss.w_rank * terms["rank"]
+            if self.model.aw is not None and cfg.loss.w_attr > 0:
+                labels = self.text_labels[trows].to(self.device)
+                terms.update(
+                    self.attr(self.model.aw, qo["h"], qo["q"], pooled(tgt_tokens.float()), labels, tau)
+                )
+                total = total + cfg.loss.w_attr * terms["attr"]
+        terms["loss"] = total
+        return terms
+
+    # -- evaluation --------------------------------------------------------------------
+    def validate(self) -> dict[str, float]:
+        results = []
+        for s in self.val_splits:
+            r = rank_split(
+                self.model, s, self.val_table, self.device,
+                batch_size=self.cfg.eval.batch_size, topk=self.cfg.eval.topk,
+            )  # fmt: skip
+            results.append((s, score_split(r)))
+        self.model.train()
+        return merge_metrics(results)
+
+    # -- checkpoints ---------------------------------------------------------------------
+    def save(self, name: str, metrics: dict[str, float] | None = None) -> Path:
+        path = self.out / name
+        meta = {
+            "config": self.cfg.to_dict(),
+            "preprocess": self.model.backbone.preprocess.to_dict(),
+            "backbone_config": self.model.backbone.config(),
+            "state": self.state.__dict__,
+            "metrics": metrics or {},
+            "python_rng": _py_rng_state(),
+            "numpy_rng": _np_rng_state(),
+            "steps_per_epoch": self.steps_per_epoch,
+        }
+        save_checkpoint(
+            path,
+            model_state=self.model.trainable_state_dict(),
+            meta=meta,
+            optimizer=self.opt,
+            scheduler=self.sched,
+            extra_tensors={"trns.negatives": self.negatives},
+        )
+        return path
+
+    def resume(self, path: Path) -> None:
+        ck = load_checkpoint(path)
+        saved = config_from_dict(ck.meta["config"])
+        for section in ("model", "data", "loss", "trns"):
+            if getattr(saved, section) != getattr(self.cfg, section):
+                raise CheckpointError(
+                    f"checkpoint {ck.path}: its {section} config differs from this run's; "
+                    "resume with the run's own config.yaml"
+                )
+        self.model.load_trainable_state_dict(
+            {k: v.to(self.device) for k, v in ck.model_state.items()}
+        )
+        opt_state = ck.optimizer_state()
+        if opt_state is not None:
+            self.opt.load_state_dict(opt_state)
+        if "scheduler" in ck.meta:
+            self.sched.load_state_dict(ck.meta["scheduler"])
+        self.state = TrainState(**ck.meta["state"])
+        self.negatives = ck.tensors["trns.negatives"].clone()
+        torch.set_rng_state(ck.tensors["rng.torch"])
+        _set_py_rng_state(ck.meta["python_rng"])
+        _set_np_rng_state(ck.meta["numpy_rng"])
+        log.info("resumed from %s at epoch %d, step %d", ck.path, self.state.epoch, self.state.global_step)
+
+    # -- the loop ----------------------------------------------------------------------
+    def fit(self, stop_after_epoch: int = 0) -> Path:
+        cfg = self.cfg
+        self.model.train()
+        headline = cfg.eval.headline
+        last_path = self.out / "best.safetensors"
+        while self.state.epoch < cfg.train.epochs:
+            epoch = self.state.epoch
+            gen = torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch)
+            perm = torch.randperm(len(self.queries), generator=gen)
+            bar = tqdm(
+                range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+                leave=False, mininterval=1.0,
+            )  # fmt: skip
+            t_epoch = time.perf_counter()
+            trns_seconds = 0.0
+            sums: dict[str, float] = {}
+            n_sums = 0
+            for i in bar:
+                if self.trns_active() and self.schedule.due(
+                    epoch, self.state.global_step, self.steps_per_epoch, self.state.trns_last_step
+                ):
+                    stats = self.mine()
+                    trns_seconds += stats["total_seconds"]
+                    self.log.write({"event": "trns", "epoch": epoch, "step": self.state.global_step,
+                                    "tau": float(self.model.temperature()), **stats})  # fmt: skip
+                b = perm[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+                t0 = time.perf_counter()
+                terms = self.step_losses(b, gen)
+                self.opt.zero_grad(set_to_none=True)
+                terms["loss"].backward()
+                if cfg.train.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(
+                        [p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip
+                    )
+                self.opt.step()
+                self.sched.step()
+                self.state.global_step += 1
+                dt = time.perf_counter() - t0
+                vals = {k: float(v) for k, v in terms.items()}
+                for k, v in vals.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                n_sums += 1
+                bar.set_postfix(loss=f"{vals['loss']:.4f}", sps=f"{len(b) / dt:.0f}")
+                if self.state.global_step % cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
+                    self.log.write({"event": "step", "epoch": epoch, "step": self.state.global_step,
+                                    "lr": self.sched.get_last_lr()[0],
+                                    "tau": float(self.model.temperature()),
+                                    "samples_per_s": len(b) / dt, **vals})  # fmt: skip
+                if cfg.train.max_steps and self.state.global_step >= cfg.train.max_steps:
+                    break
+            epoch_seconds = time.perf_counter() - t_epoch
+            self.state.epoch += 1
+            metrics: dict[str, float] = {}
+            if self.state.epoch % cfg.train.eval_every == 0 or self.state.epoch == cfg.train.epochs:
+                metrics = self.validate()
+                if headline not in metrics:
+                    raise ConfigError(
+                        f"eval.headline={headline!r} is not among the validation metrics "
+                        f"{sorted(metrics)[:12]}..."
+                    )
+            means = {k: v / max(1, n_sums) for k, v in sums.items()}
+            rec = {"event": "epoch", "epoch": epoch, "step": self.state.global_step,
+                   "epoch_seconds": epoch_seconds, "trns_seconds": trns_seconds,
+                   "train": means, "val": metrics}  # fmt: skip
+            self.log.write(rec)
+            log.info(
+                "epoch %d/%d loss %.4f val %s=%s (%.1fs)", self.state.epoch, cfg.train.epochs,
+                means.get("loss", float("nan")), headline, metrics.get(headline, "-"), epoch_seconds,
+            )  # fmt: skip
+            if metrics and metrics[headline] > self.state.best:
+                self.state.best = metrics[headline]
+                self.state.best_epoch = self.state.epoch
+                self.save("best.safetensors", metrics)
+            self.save("last.safetensors", metrics)
+            if cfg.train.max_steps and self.state.global_step >= cfg.train.max_steps:
+                break
+            if stop_after_epoch and self.state.epoch >= stop_after_epoch:
+                break
+        if not (self.out / "best.safetensors").exists():
+            self.save("best.safetensors")
+        return last_path
+
+
+def _py_rng_state() -> list:
+    v, state, g = random.getstate()
+    return [v, list(state), g]
+
+
+def _set_py_rng_state(s: list) -> None:
+    random.setstate((s[0], tuple(s[1]), s[2]))
+
+
+def _np_rng_state() -> list:
+    name, keys, pos, has_g, g = np.random.get_state()
+    return [name, keys.tolist(), int(pos), int(has_g), float(g)]
+
+
+def _set_np_rng_state(s: list) -> None:
+    np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
+
+
+def train(
+    cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0
+) -> Path:
+    """Train with ``cfg`` into ``out_dir`` (or continue the run there with ``resume``); returns
+    the path of the best checkpoint."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if resume:
+        last = out / "last.safetensors"
+        if not last.exists():
+            raise CheckpointError(f"--resume: {last} does not exist")
+        cfg = config_from_dict(load_checkpoint(last).meta["config"])
+    (out / "config.yaml").write_text(cfg.to_yaml())
+    trainer = Trainer(cfg, out)
+    if resume:
+        trainer.resume(out / "last.safetensors")
+    return trainer.fit(stop_after_epoch=stop_after_epoch)

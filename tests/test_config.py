@@ -1,0 +1,41 @@
+"""Config: YAML in, overrides, typed errors, resolved YAML round trip."""
+
+import pytest
+
+from dqecir.config import Config, ConfigError, config_from_dict, load_config
+
+
+def test_yaml_overrides_and_round_trip(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("name: x\nmodel:\n  backbone: tiny\ntrain:\n  epochs: 3\n  betas: [0.9, 0.99]\n")
+    cfg = load_config(p, ["train.lr=0.01", "trns.enabled=true", "model.backbone_kwargs.dim=8"])
+    assert cfg.model.backbone == "tiny" and cfg.train.epochs == 3 and cfg.train.lr == 0.01
+    assert cfg.trns.enabled is True and cfg.model.backbone_kwargs == {"dim": 8}
+    assert cfg.train.betas == (0.9, 0.99)
+    again = config_from_dict(__import__("yaml").safe_load(cfg.to_yaml()))
+    assert again == cfg
+
+
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("train:\n  epoch: 3\n", "unknown key"),
+        ("train:\n  epochs: three\n", "train.epochs"),
+        ("trns:\n  enabled: 1\n", "trns.enabled"),
+        ("model: [1, 2]\n", "model"),
+        ("- 1\n", "mapping"),
+    ],
+)
+def test_bad_configs_name_the_problem(tmp_path, text, needle):
+    p = tmp_path / "bad.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=needle):
+        load_config(p)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="section.key=value"):
+        load_config(None, ["train.epochs"])
+    assert load_config(None) == Config()
