@@ -40,6 +40,42 @@ def _cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from dqecir.config import load_config
+    from dqecir.train import train
+
+    overrides = list(args.set or [])
+    if args.data_root:
+        overrides.append(f"data.root={args.data_root}")
+    if args.resume:
+        best = train(None, Path(args.resume), resume=True)
+    else:
+        if not args.config or not args.out:
+            raise SystemExit("dqecir train: --config and --out are required (or --resume DIR)")
+        cfg = load_config(args.config, overrides)
+        best = train(cfg, Path(args.out), stop_after_epoch=args.stop_after_epoch)
+    print(best)
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from dqecir.evaluate import evaluate_checkpoint
+
+    metrics, written = evaluate_checkpoint(
+        Path(args.checkpoint),
+        args.benchmark,
+        Path(args.root),
+        args.split,
+        out_dir=Path(args.out) if args.out else None,
+        device=args.device,
+        cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+    )
+    for p in written:
+        log.info("wrote %s", p)
+    print(json.dumps(metrics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dqecir", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
@@ -66,6 +102,29 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--split", required=True)
     sc.add_argument("--predictions", required=True, help="predictions JSON file")
     sc.set_defaults(func=_cmd_score)
+
+    tr = sub.add_parser("train", help="train a model; prints the best checkpoint's path last")
+    tr.add_argument("--config", help="YAML config (see configs/)")
+    tr.add_argument("--out", help="run folder (config, log, checkpoints)")
+    tr.add_argument("--data-root", help="override the config's data.root")
+    tr.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override, e.g. train.epochs=3"
+    )
+    tr.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last epoch")
+    tr.add_argument("--stop-after-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    tr.set_defaults(func=_cmd_train)
+
+    ev = sub.add_parser(
+        "evaluate", help="evaluate a checkpoint (metrics for val; submission files for test)"
+    )
+    ev.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    ev.add_argument("--benchmark", required=True, choices=["fashioniq", "cirr", "circo"])
+    ev.add_argument("--root", required=True, help="benchmark root folder")
+    ev.add_argument("--split", required=True)
+    ev.add_argument("--out", help="folder for submission files (default: next to the checkpoint)")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--cache-dir", help="frozen-feature cache (default: <root>/.dqecir-cache)")
+    ev.set_defaults(func=_cmd_evaluate)
     return p
 
 
