@@ -340,3 +340,32 @@ def test_refuses_a_foreign_output_folder(tmp_path):
         make_benchmark("mnist", tmp_path / "x")
     with pytest.raises(ValueError, match="unknown size"):
         make_benchmark("shapes", tmp_path / "x", size="huge")
+
+
+# ---- chance levels --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("n", "g", "k"), [(6, 2, 3), (6, 1, 5), (5, 4, 2), (6, 3, 10)])
+def test_random_ap_matches_exhaustive_enumeration(n, g, k):
+    from itertools import permutations
+
+    from dqecir.data.synthetic.common import random_ap_at_k
+    from dqecir.metrics import average_precision_at_k
+
+    items = [str(i) for i in range(n)]
+    gts = set(items[:g])
+    aps = [average_precision_at_k(list(p), gts, k) for p in permutations(items)]
+    assert random_ap_at_k(n, g, k) == pytest.approx(sum(aps) / len(aps), abs=1e-12)
+
+
+def test_chance_levels_of_a_generated_split(bench):
+    from dqecir.data.synthetic import chance_levels
+
+    kind, root, summary, meta = bench
+    levels = chance_levels(root, "test")
+    n = summary["splits"]["test"]["images"] - 1
+    assert levels["gallery"] == n + 1
+    assert levels["all"]["R@10"] == pytest.approx(100 * 10 / n, abs=1e-3)
+    assert levels["all"]["Rsubset@1"] == 20.0
+    assert set(levels["by_kind"]) == set(meta["kind_mix"])
+    assert 0 < levels["all"]["mAP@10"] < 100

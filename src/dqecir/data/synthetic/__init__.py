@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dqecir.data.synthetic.common import SIZES, build_benchmark
+from dqecir.data.synthetic.common import SIZES, build_benchmark, chance_levels
 
 KINDS = ("shapes", "fmnist")
 
@@ -50,4 +50,4 @@ def make_benchmark(
     )
 
 
-__all__ = ["KINDS", "SIZES", "make_benchmark"]
+__all__ = ["KINDS", "SIZES", "chance_levels", "make_benchmark"]
