@@ -16,9 +16,12 @@ Similarity is ``s(q, T) = max_k <q, T_k>`` (:func:`similarity`).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from dqecir.errors import CheckpointError
 
 
 @dataclass(frozen=True)
@@ -46,7 +49,8 @@ class Preprocess:
 
 
 class Backbone(nn.Module):
-    """Base class; subclasses set the attributes and implement the five methods."""
+    """Base class; subclasses set the attributes and implement the five contract methods
+    plus :meth:`config` (and :meth:`frozen_modules` where they hold frozen towers)."""
 
     name: str = "base"
     dim: int  # d: query / gallery embedding size
@@ -77,6 +81,83 @@ class Backbone(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+    # ---- cache keys, config, checkpoints -------------------------------------------
+    def image_cache_key(self) -> str:
+        """Identity of the frozen image stage alone (defaults to :meth:`cache_key`); lets a
+        text-side change keep the expensive image cache."""
+        return self.cache_key()
+
+    def text_cache_key(self) -> str:
+        """Identity of the frozen text stage alone (defaults to :meth:`cache_key`)."""
+        return self.cache_key()
+
+    def config(self) -> dict[str, Any]:
+        """Keyword arguments that rebuild this backbone: ``create_backbone(name, **config())``.
+        Plain JSON / YAML values only."""
+        raise NotImplementedError
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """Sub-modules of the frozen stage: kept in eval mode (BatchNorm statistics, dropout)
+        whatever :meth:`train` is asked, and never trained."""
+        return []
+
+    def train(self, mode: bool = True) -> Backbone:
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trainable weights only (checkpoints hold these plus :meth:`config`; frozen
+        towers come from their packages / folders). Detached views of the live weights: save
+        or clone them before the next optimiser step."""
+        return {n: p.detach() for n, p in self.named_parameters() if p.requires_grad}
+
+    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+        """Load what :meth:`trainable_state_dict` returned; names and shapes must match."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        missing = sorted(set(params) - set(sd))
+        unexpected = sorted(set(sd) - set(params))
+        if missing or unexpected:
+            raise CheckpointError(
+                f"{self.name} backbone weights do not match: missing {missing[:5]}"
+                f"{' ...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{' ...' if len(unexpected) > 5 else ''}"
+            )
+        for n, p in params.items():
+            if tuple(sd[n].shape) != tuple(p.shape):
+                raise CheckpointError(
+                    f"{self.name} backbone weight {n!r} has shape {tuple(sd[n].shape)}, "
+                    f"expected {tuple(p.shape)}"
+                )
+        with torch.no_grad():
+            for n, p in params.items():
+                p.copy_(sd[n].to(device=p.device, dtype=p.dtype))
+
+    def collate_text(self, feats: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Batch per-text feature dicts (rows without the batch dimension).
+
+        Rows of equal shape are stacked; rows of different lengths along their first (token)
+        dimension are zero-padded to the longest, so a mask padded with 0 marks the padding.
+        """
+        if not feats:
+            raise ValueError("collate_text needs at least one text")
+        return {k: _stack_padded([f[k] for f in feats]) for k in feats[0]}
+
+
+def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    if all(r.shape == rows[0].shape for r in rows):
+        return torch.stack(rows)
+    if any(r.dim() == 0 or r.shape[1:] != rows[0].shape[1:] for r in rows):
+        raise ValueError(
+            f"text features differ beyond the token dimension: {[r.shape for r in rows]}"
+        )
+    n = max(r.shape[0] for r in rows)
+    out = rows[0].new_zeros((len(rows), n, *rows[0].shape[1:]))
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+    return out
 
 
 def similarity(q: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:

