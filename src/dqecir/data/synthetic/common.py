@@ -20,7 +20,7 @@ import os
 import shutil
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -453,9 +453,26 @@ def make_queries(
 # ---- writing -------------------------------------------------------------------------------
 
 
-def write_json(path: Path, obj: object) -> None:
+def _json_lines(obj: object, expand: Collection[str] = ()) -> str:
+    """One list item or one top-level key per line (keys in ``expand`` hold dicts written one
+    entry per line too): readable and diffable, and each line goes through json's C encoder
+    (``indent`` would switch json to its slow pure-Python encoder)."""
+    dump = json.dumps
+    if isinstance(obj, list):
+        lines = [dump(v, ensure_ascii=False) for v in obj]
+        return "[\n" + ",\n".join(lines) + "\n]" if lines else "[]"
+    if isinstance(obj, dict):
+        lines = [
+            f"{dump(k)}: {_json_lines(v) if k in expand else dump(v, ensure_ascii=False)}"
+            for k, v in obj.items()
+        ]
+        return "{\n" + ",\n".join(lines) + "\n}" if lines else "{}"
+    return dump(obj, ensure_ascii=False)
+
+
+def write_json(path: Path, obj: object, expand: Collection[str] = ()) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(obj, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    path.write_text(_json_lines(obj, expand) + "\n", encoding="utf-8")
 
 
 def circo_file_name(image_id: int) -> str:
@@ -767,7 +784,7 @@ def build_benchmark(
         meta = meta_document(
             definition, images, heldout, seed=seed, size=size, hard_only_train=hard_only_train
         )
-        write_json(tmp / "meta.json", meta)
+        write_json(tmp / "meta.json", meta, expand=("images",))
         render = definition.renderer(images)
         link_mode = write_images(
             tmp, images, render, desc=f"{definition.name} images", progress=progress
