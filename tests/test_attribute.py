@@ -62,8 +62,12 @@ def test_gate_starts_as_identity_and_alpha_is_multilabel():
 
 
 def test_lexicon_labels_and_values():
-    lex = Lexicon({"color": {"red": ["red", "crimson"], "blue": ["blue"]},
-                   "shape": {"sneaker": ["sneaker", "sneakers"], "v-neck": ["v-neck"]}})
+    lex = Lexicon(
+        {
+            "color": {"red": ["red", "crimson"], "blue": ["blue"]},
+            "shape": {"sneaker": ["sneaker", "sneakers"], "v-neck": ["v-neck"]},
+        }
+    )
     assert lex.labels("make it crimson", ["color", "shape"]) == [1.0, 0.0]
     assert lex.labels("a blue sneaker instead", ["color", "shape"]) == [1.0, 1.0]
     assert lex.labels("predicted", ["color", "shape"]) == [0.0, 0.0]  # 'red' inside a word

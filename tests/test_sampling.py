@@ -68,9 +68,7 @@ def test_never_target_reference_or_gt_and_zone_rules(seed, zone, k, nt, dup):
         else:
             # whole zone taken, the rest are the nearest candidates from below, in order
             assert set(in_zone) <= set(chosen)
-            below = sorted(
-                (j for j in allowed if zi[j] < lo - 1e-5), key=lambda j: -float(zi[j])
-            )
+            below = sorted((j for j in allowed if zi[j] < lo - 1e-5), key=lambda j: -float(zi[j]))
             fill = [j for j in chosen if j not in in_zone]
             assert fill == below[: len(fill)]
             assert len(chosen) == min(k, len(in_zone) + len(below))
@@ -105,10 +103,28 @@ def test_stats_report_zone_and_fill():
 def test_chunking_does_not_change_the_result():
     q, pool, targets, excluded = _setup(3, n_q=30)
     spec = ZoneSpec()
-    a = mine_negatives(q, pool, targets, excluded, 5, spec, 0.05, chunk_size=7,
-                       generator=torch.Generator().manual_seed(0))
-    b = mine_negatives(q, pool, targets, excluded, 5, spec, 0.05, chunk_size=30,
-                       generator=torch.Generator().manual_seed(0))
+    a = mine_negatives(
+        q,
+        pool,
+        targets,
+        excluded,
+        5,
+        spec,
+        0.05,
+        chunk_size=7,
+        generator=torch.Generator().manual_seed(0),
+    )
+    b = mine_negatives(
+        q,
+        pool,
+        targets,
+        excluded,
+        5,
+        spec,
+        0.05,
+        chunk_size=30,
+        generator=torch.Generator().manual_seed(0),
+    )
     # same zone membership per query; random draws differ by chunk layout only in order
     for i in range(len(q)):
         assert a.stats["zone_median"] == b.stats["zone_median"]

@@ -70,7 +70,8 @@ def rank_split(
     rankings: dict[str, list[str]] = {}
     subsets: dict[str, list[str]] = {}
     has_members = any(q.members for q in split.queries)
-    k = min(topk, len(split.gallery))
+    # The removed reference (score -inf) must never reach the written ranking.
+    k = min(topk, len(split.gallery) - (1 if split.remove_reference else 0))
     qs = split.queries
     for start in tqdm(
         range(0, len(qs), batch_size), desc="queries", disable=not progress, leave=False
@@ -178,7 +179,9 @@ def evaluate_checkpoint(
     out = out_dir or ck.path.parent / f"submission-{benchmark}-{split}"
     for s in splits:
         r = rank_split(model, s, table, dev, progress=True)
-        name = f"{benchmark}_{split}" + (f"_{s.queries[0].group}" if s.queries and s.queries[0].group else "")
+        name = f"{benchmark}_{split}" + (
+            f"_{s.queries[0].group}" if s.queries and s.queries[0].group else ""
+        )
         if s.has_targets:
             results.append((s, score_split(r)))
         else:

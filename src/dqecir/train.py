@@ -172,7 +172,11 @@ class Trainer:
         ensure_data(cfg)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
         self.lexicon = load_lexicon(cfg.data.lexicon)
-        cache = Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".dqecir-cache"
+        cache = (
+            Path(cfg.data.cache_dir)
+            if cfg.data.cache_dir
+            else Path(cfg.data.root) / ".dqecir-cache"
+        )
         bb = self.model.backbone
         fb = cfg.train.feature_batch_size
         self.train_splits = load_splits(cfg, cfg.data.train_split)
@@ -237,7 +241,10 @@ class Trainer:
         for i in range(0, len(self.queries), self.cfg.eval.batch_size):
             sl = slice(i, i + self.cfg.eval.batch_size)
             ref = self._img(self.queries.reference[sl])
-            tf = {k: v.to(self.device) for k, v in self.train_table.text_batch(self.queries.text[sl, 0]).items()}
+            tf = {
+                k: v.to(self.device)
+                for k, v in self.train_table.text_batch(self.queries.text[sl, 0]).items()
+            }
             qs.append(self.model.query(ref, tf)["q_star"].float())
         q = torch.cat(qs)
         excluded = [
@@ -254,7 +261,7 @@ class Trainer:
             excluded,
             self.cfg.trns.k,
             self.zone,
-            float(self.model.temperature()),
+            float(self.model.temperature().detach()),
             dup_threshold=self.cfg.trns.dup_threshold,
             chunk_size=self.cfg.trns.chunk_size,
             generator=gen,
@@ -302,9 +309,15 @@ class Trainer:
                 s_pos = scores.diagonal()
                 if cfg.loss.w_kl > 0:
                     img_t = pooled(tgt_tokens.float()).detach()
-                    img_n = pooled(
-                        self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten())).float()
-                    ).detach().view(len(b), negs.shape[1], -1)
+                    img_n = (
+                        pooled(
+                            self.model.gallery_tokens(
+                                self._img(negs.clamp(min=0).flatten())
+                            ).float()
+                        )
+                        .detach()
+                        .view(len(b), negs.shape[1], -1)
+                    )
                     s_img_n = torch.einsum("bd,bkd->bk", img_t, img_n)
                     m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
                     i_scores = torch.cat([torch.ones_like(s_pos).unsqueeze(1), s_img_n], 1)
@@ -327,7 +340,9 @@ class Trainer:
             if self.model.aw is not None and cfg.loss.w_attr > 0:
                 labels = self.text_labels[trows].to(self.device)
                 terms.update(
-                    self.attr(self.model.aw, qo["h"], qo["q"], pooled(tgt_tokens.float()), labels, tau)
+                    self.attr(
+                        self.model.aw, qo["h"], qo["q"], pooled(tgt_tokens.float()), labels, tau
+                    )
                 )
                 total = total + cfg.loss.w_attr * terms["attr"]
         terms["loss"] = total
@@ -390,7 +405,12 @@ class Trainer:
         torch.set_rng_state(ck.tensors["rng.torch"])
         _set_py_rng_state(ck.meta["python_rng"])
         _set_np_rng_state(ck.meta["numpy_rng"])
-        log.info("resumed from %s at epoch %d, step %d", ck.path, self.state.epoch, self.state.global_step)
+        log.info(
+            "resumed from %s at epoch %d, step %d",
+            ck.path,
+            self.state.epoch,
+            self.state.global_step,
+        )
 
     # -- the loop ----------------------------------------------------------------------
     def fit(self, stop_after_epoch: int = 0) -> Path:
@@ -417,7 +437,7 @@ class Trainer:
                     stats = self.mine()
                     trns_seconds += stats["total_seconds"]
                     self.log.write({"event": "trns", "epoch": epoch, "step": self.state.global_step,
-                                    "tau": float(self.model.temperature()), **stats})  # fmt: skip
+                                    "tau": float(self.model.temperature().detach()), **stats})  # fmt: skip
                 b = perm[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
                 t0 = time.perf_counter()
                 terms = self.step_losses(b, gen)
@@ -431,15 +451,18 @@ class Trainer:
                 self.sched.step()
                 self.state.global_step += 1
                 dt = time.perf_counter() - t0
-                vals = {k: float(v) for k, v in terms.items()}
+                vals = {k: float(v.detach()) for k, v in terms.items()}
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_sums += 1
                 bar.set_postfix(loss=f"{vals['loss']:.4f}", sps=f"{len(b) / dt:.0f}")
-                if self.state.global_step % cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
+                if (
+                    self.state.global_step % cfg.train.log_every == 0
+                    or i == self.steps_per_epoch - 1
+                ):
                     self.log.write({"event": "step", "epoch": epoch, "step": self.state.global_step,
                                     "lr": self.sched.get_last_lr()[0],
-                                    "tau": float(self.model.temperature()),
+                                    "tau": float(self.model.temperature().detach()),
                                     "samples_per_s": len(b) / dt, **vals})  # fmt: skip
                 if cfg.train.max_steps and self.state.global_step >= cfg.train.max_steps:
                     break
@@ -494,9 +517,7 @@ def _set_np_rng_state(s: list) -> None:
     np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
 
 
-def train(
-    cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0
-) -> Path:
+def train(cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0) -> Path:
     """Train with ``cfg`` into ``out_dir`` (or continue the run there with ``resume``); returns
     the path of the best checkpoint."""
     out = Path(out_dir)

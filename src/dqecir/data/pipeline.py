@@ -79,12 +79,13 @@ def build_features(
     splits: Sequence[CIRSplit],
     *,
     train: bool,
-    cache_dir: Path | None,
+    cache_dir: Path,
     device: torch.device,
     batch_size: int = 64,
 ) -> FeatureTable:
-    """Frozen image and text features for every image and query text of ``splits``."""
-    from dqecir.data.features import compute_image_features, compute_text_features
+    """Frozen image and text features for every image and query text of ``splits``, through
+    the on-disk cache in ``cache_dir`` (computed once per image / text and backbone)."""
+    from dqecir.data.features import IMAGE_FIELD, FeatureCache
 
     ids: dict[str, Path] = {}
     for s in splits:
@@ -96,18 +97,12 @@ def build_features(
             for t in query_texts(q, train):
                 texts.setdefault(t)
     image_ids = list(ids)
-    images = compute_image_features(
-        backbone,
-        image_ids,
-        [ids[i] for i in image_ids],
-        cache_dir=cache_dir,
-        batch_size=batch_size,
-        device=device,
-    )
+    cache = FeatureCache(cache_dir)
+    images = cache.image_features(
+        backbone, image_ids, ids, batch_size=batch_size, device=device
+    ).get(image_ids)[IMAGE_FIELD]
     text_list = list(texts)
-    text_feats = compute_text_features(
-        backbone, text_list, cache_dir=cache_dir, batch_size=batch_size * 4, device=device
-    )
+    text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(text_list)
     return FeatureTable(image_ids, images, text_list, text_feats)
 
 
