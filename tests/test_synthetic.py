@@ -369,3 +369,20 @@ def test_chance_levels_of_a_generated_split(bench):
     assert levels["all"]["Rsubset@1"] == 20.0
     assert set(levels["by_kind"]) == set(meta["kind_mix"])
     assert 0 < levels["all"]["mAP@10"] < 100
+
+
+def test_symlink_fallback_when_hard_links_fail(tmp_path, monkeypatch):
+    import dqecir.data.synthetic.common as common
+
+    def no_link(src, dst):
+        raise OSError("cross-device link")
+
+    monkeypatch.setattr(common.os, "link", no_link)
+    root = tmp_path / "b"
+    assert _make("shapes", root, seed=3)["link_mode"] == "symlink"
+    coco = root / "circo/COCO2017_unlabeled/unlabeled2017"
+    first = sorted(coco.iterdir())[0]
+    assert first.is_symlink() and not os.path.isabs(os.readlink(first))
+    assert first.resolve().parent.parent == (root / "cirr").resolve()
+    split = load_circo(root / "circo", "val")
+    assert all(p.is_file() for p in split.image_paths.values())
