@@ -28,7 +28,7 @@ test: install system-deps
 	$(BIN)/python -m pytest -q
 
 demo: install system-deps
-	bash scripts/demo.sh $(DATA)
+	$(BIN)/dqecir demo --data $(DATA) --out demo
 
 bench: install system-deps
 	bash scripts/bench.sh

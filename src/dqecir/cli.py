@@ -76,6 +76,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from dqecir.demo import run_demo
+
+    run_demo(Path(args.data), Path(args.out), size=args.size, overrides=args.set or [])
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dqecir", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
@@ -125,6 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--cache-dir", help="frozen-feature cache (default: <root>/.dqecir-cache)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    de = sub.add_parser("demo", help="the main job: build fmnist, train lite, compare baselines")
+    de.add_argument("--data", default="data", help="where benchmarks are built")
+    de.add_argument("--out", default="demo", help="results folder")
+    de.add_argument("--size", choices=["tiny", "small", "default"], default="default")
+    de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    de.set_defaults(func=_cmd_demo)
     return p
 
 
