@@ -83,6 +83,74 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(name: str) -> str:
+    import torch
+
+    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
+
+
+def _cmd_index(args: argparse.Namespace) -> int:
+    from dqecir.index import build_index
+
+    try:
+        report = build_index(
+            args.checkpoint,
+            Path(args.images),
+            Path(args.out),
+            batch_size=args.batch_size,
+            dtype=args.dtype,
+            device=_device(args.device),
+            workers=args.workers,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume into {args.out}", file=sys.stderr)
+        raise
+    for bad in report.unreadable:
+        print(f"unreadable image skipped: {bad['path']}: {bad['error']}", file=sys.stderr)
+    print(json.dumps(report.to_dict()))
+    return 0
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    from dqecir.data.images import load_tensor
+    from dqecir.engines import Searcher
+
+    searcher = Searcher.open(
+        Path(args.index),
+        checkpoint=args.checkpoint,
+        engine=args.engine,
+        device=_device(args.device),
+    )
+    ref = Path(args.image)
+    if not ref.is_file() and args.image in searcher.index:
+        ref = searcher.index.path_of(args.image)
+    own_id = searcher.index.id_of(ref)
+    exclude = (own_id,) if own_id is not None and not args.keep_reference else ()
+    pixels = load_tensor(ref, searcher.model.backbone.preprocess)
+    result = searcher.search(pixels, args.text, args.k, exclude=exclude)
+    if args.json:
+        query = {"image": str(ref), "text": args.text, "k": args.k, "excluded": list(exclude)}
+        print(json.dumps({"query": query, **result.to_dict()}))
+    else:
+        print(result.to_text())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from dqecir.serve.app import serve
+
+    serve(
+        Path(args.index),
+        host=args.host,
+        port=args.port,
+        checkpoint=args.checkpoint,
+        engine=args.engine,
+        device=_device(args.device),
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dqecir", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
@@ -139,6 +207,42 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--size", choices=["tiny", "small", "default"], default="default")
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     de.set_defaults(func=_cmd_demo)
+
+    ix = sub.add_parser("index", help="embed a folder of images into a search index (resumable)")
+    ix.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
+    ix.add_argument("--images", required=True, help="folder of images (jpg, png, webp; recursive)")
+    ix.add_argument("--out", required=True, help="index folder")
+    ix.add_argument("--batch-size", type=int, default=64)
+    ix.add_argument("--dtype", choices=["float16", "float32"], default="float16")
+    ix.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ix.add_argument("--workers", type=int, default=2, help="image decoding threads")
+    ix.add_argument("--overwrite", action="store_true", help="replace an index built otherwise")
+    ix.set_defaults(func=_cmd_index)
+
+    se = sub.add_parser("search", help="search an index with a reference image and a text")
+    se.add_argument("--index", required=True, help="index folder")
+    se.add_argument("--image", required=True, help="reference image file, or an id of the index")
+    se.add_argument("--text", required=True, help='the change, e.g. "make it red"')
+    se.add_argument("-k", type=int, default=10)
+    se.add_argument("--engine", choices=["exact", "flat", "hnsw", "ivfpq"], default="exact")
+    se.add_argument("--checkpoint", help="default: the one the index manifest names")
+    se.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    se.add_argument(
+        "--keep-reference",
+        action="store_true",
+        help="keep the reference in the results when it is an index image",
+    )
+    se.add_argument("--json", action="store_true", help="print JSON")
+    se.set_defaults(func=_cmd_search)
+
+    sv = sub.add_parser("serve", help="HTTP API and web page over an index")
+    sv.add_argument("--index", required=True, help="index folder")
+    sv.add_argument("--host", default="127.0.0.1")
+    sv.add_argument("--port", type=int, default=8000)
+    sv.add_argument("--engine", choices=["exact", "flat", "hnsw", "ivfpq"], default="exact")
+    sv.add_argument("--checkpoint", help="default: the one the index manifest names")
+    sv.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    sv.set_defaults(func=_cmd_serve)
     return p
 
 

@@ -1,0 +1,436 @@
+"""Search engines over gallery tokens, behind one interface, and the :class:`Searcher` that
+turns a (reference image, text) pair into ranked index images.
+
+Every engine answers ``search(queries [Q, D], k) -> (scores [Q, k] float32, indices [Q, k]
+int64)`` with the image score ``s(q, T) = max_t <q, T_t>`` (METHOD.md), best first. ``k`` is
+clipped to the gallery size; an approximate engine that finds fewer than ``k`` images pads
+with index -1 and score -inf.
+
+- :class:`ExactEngine` (``exact``): chunked matmul + running top-k in torch. float16 storage is
+  upcast chunk by chunk into a small float32 buffer that stays in cache, so memory traffic is
+  the float16 bytes; scores are float32.
+- :class:`FaissEngine` (``flat``, ``hnsw``, ``ivfpq``): faiss over the token vectors (float32;
+  ``Nt`` vectors per image). It fetches ``k * Nt * overfetch`` token hits, maps them to their
+  images and rescores those candidates exactly (max over all their tokens, float32) before the
+  final top-k. For ``flat`` this is exact with ``overfetch = 1``: the best token of a true top-k
+  image ranks at most ``(k - 1) * Nt + 1`` among all tokens. faiss is optional
+  (``pip install 'dqecir[index]'``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from dqecir.errors import DqecirError
+
+log = logging.getLogger(__name__)
+
+ENGINES = ("exact", "flat", "hnsw", "ivfpq")
+
+
+class MissingDependencyError(DqecirError):
+    """An optional dependency needed for the requested feature is not installed."""
+
+
+class SearchEngine(Protocol):
+    name: str
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _as_tokens(embeddings: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """``[N, Nt, D]`` tensor sharing memory with ``embeddings`` (a read-only memmap is fine:
+    engines never write to it). ``[N, D]`` means ``Nt = 1``."""
+    if isinstance(embeddings, np.ndarray):
+        with warnings.catch_warnings():  # read-only memmap: torch warns, we only read
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.from_numpy(embeddings)
+    else:
+        t = embeddings
+    if t.dim() == 2:
+        t = t.unsqueeze(1)
+    if t.dim() != 3 or t.dtype not in (torch.float16, torch.float32):
+        raise ValueError(
+            f"embeddings must be [N, Nt, D] float16/32, got {tuple(t.shape)} {t.dtype}"
+        )
+    return t
+
+
+def _queries(queries: torch.Tensor | np.ndarray, dim: int) -> torch.Tensor:
+    q = torch.as_tensor(queries).detach().to("cpu", torch.float32)
+    if q.dim() == 1:
+        q = q.unsqueeze(0)
+    if q.dim() != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must be [Q, {dim}], got {tuple(q.shape)}")
+    return q.contiguous()
+
+
+def _merge_topk(
+    best: tuple[torch.Tensor, torch.Tensor] | None,
+    scores: torch.Tensor,
+    offset: int,
+    k: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge the top-k of ``scores [Q, n]`` (global indices ``offset + j``) into ``best``."""
+    s, i = scores.topk(min(k, scores.shape[1]), dim=1)
+    i = i + offset
+    if best is not None:
+        s, i = torch.cat([best[0], s], 1), torch.cat([best[1], i], 1)
+        s, j = s.topk(min(k, s.shape[1]), dim=1)
+        i = i.gather(1, j)
+    return s, i
+
+
+class ExactEngine:
+    """Exact max-over-tokens search by chunked matmul (ground truth for the other engines).
+
+    Args:
+        embeddings: ``[N, Nt, D]`` (or ``[N, D]``) float16 or float32; not copied.
+        block_bytes: size of the float32 working block a float16 chunk is upcast into (about
+            the per-core L2 cache); float32 storage is read in place, 16x larger blocks.
+        score_bytes: size of the score buffer between two top-k merges.
+    """
+
+    name = "exact"
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        *,
+        block_bytes: int = 1 << 20,
+        score_bytes: int = 16 << 20,
+    ) -> None:
+        self.tokens = _as_tokens(embeddings)
+        self.count, self.nt, self.dim = self.tokens.shape
+        self.block_bytes, self.score_bytes = block_bytes, score_bytes
+
+    def __len__(self) -> int:
+        return self.count
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = _queries(queries, self.dim)
+        k = min(int(k), self.count)
+        if k < 1:
+            raise ValueError("k must be >= 1 and the gallery non-empty")
+        per_block = self.block_bytes * (16 if self.tokens.dtype == torch.float32 else 1)
+        block = max(1, per_block // (4 * self.nt * self.dim))  # images per block
+        span = max(block, self.score_bytes // (4 * q.shape[0]) // block * block)
+        best = None
+        with torch.inference_mode():
+            for start in range(0, self.count, span):
+                n = min(span, self.count - start)
+                scores = self._scores(q, start, n, block)
+                best = _merge_topk(best, scores.T, start, k)
+        return best[0], best[1]
+
+    def _scores(self, q: torch.Tensor, start: int, n: int, block: int) -> torch.Tensor:
+        """Scores ``[n, Q]`` of images ``start .. start + n``."""
+        out = torch.empty(n, q.shape[0])
+        qt = q.T
+        upcast = self.tokens.dtype != torch.float32
+        buf = torch.empty(block * self.nt, self.dim) if upcast else None
+        tok = torch.empty(block * self.nt, q.shape[0]) if self.nt > 1 else None
+        for a in range(0, n, block):
+            b = min(block, n - a)
+            rows = self.tokens[start + a : start + a + b].reshape(b * self.nt, self.dim)
+            if buf is not None:
+                rows = buf[: b * self.nt].copy_(rows)
+            if tok is None:
+                torch.mm(rows, qt, out=out[a : a + b])
+            else:
+                t = torch.mm(rows, qt, out=tok[: b * self.nt])
+                torch.amax(t.view(b, self.nt, -1), dim=1, out=out[a : a + b])
+        return out
+
+    def rescore(self, q: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+        """Exact float32 scores ``[Q, C]`` of candidate images ``[Q, C]`` (-1: none -> -inf)."""
+        safe = candidates.clamp(min=0)
+        g = self.tokens[safe.reshape(-1)].float().view(*safe.shape, self.nt, self.dim)
+        s = torch.einsum("qd,qctd->qct", q, g).amax(-1)
+        return s.masked_fill(candidates < 0, float("-inf"))
+
+
+def _import_faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as e:
+        raise MissingDependencyError(
+            "the flat / hnsw / ivfpq engines need faiss: pip install 'dqecir[index]' "
+            "(or use the exact engine)"
+        ) from e
+    return faiss
+
+
+@dataclass(frozen=True)
+class FaissOptions:
+    """Engine settings. ``None`` picks a default from the gallery size."""
+
+    overfetch: int | None = None
+    """Token hits fetched per wanted image, times ``Nt`` (default 1 for flat, 4 otherwise)."""
+    hnsw_m: int = 32
+    ef_construction: int = 80
+    ef_search: int = 128
+    nlist: int | None = None
+    """IVF lists (default ``4 sqrt(n)``, at most ``n / 39``)."""
+    nprobe: int | None = None
+    """IVF lists probed per query (default ``max(1, nlist / 8)``, at most 64)."""
+    pq_m: int | None = None
+    """PQ sub-quantizers (default ``D / 8``, a divisor of ``D``)."""
+    train_size: int = 100_000
+    seed: int = 0
+
+
+class FaissEngine:
+    """faiss flat (exact, inner product), HNSW or IVF-PQ over the token vectors, with the
+    image aggregation and exact rescoring described in the module docstring."""
+
+    def __init__(
+        self,
+        embeddings: np.ndarray | torch.Tensor,
+        kind: str = "flat",
+        options: FaissOptions | None = None,
+    ) -> None:
+        faiss = _import_faiss()
+        if kind not in ("flat", "hnsw", "ivfpq"):
+            raise ValueError(f"faiss engine kind must be flat, hnsw or ivfpq, got {kind!r}")
+        self.name = kind
+        self.exact = ExactEngine(embeddings)
+        self.count, self.nt, self.dim = self.exact.count, self.exact.nt, self.exact.dim
+        self.options = options or FaissOptions()
+        vectors = self._vectors()
+        self.index = self._build(faiss, kind, vectors)
+        self.overfetch = self.options.overfetch or (1 if kind == "flat" else 4)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def _vectors(self) -> np.ndarray:
+        flat = self.exact.tokens.reshape(-1, self.dim)
+        return np.ascontiguousarray(flat.float().numpy(), dtype=np.float32)
+
+    def _build(self, faiss: Any, kind: str, x: np.ndarray) -> Any:
+        o, d = self.options, self.dim
+        ip = faiss.METRIC_INNER_PRODUCT
+        if kind == "flat":
+            index = faiss.IndexFlatIP(d)
+        elif kind == "hnsw":
+            index = faiss.IndexHNSWFlat(d, o.hnsw_m, ip)
+            index.hnsw.efConstruction = o.ef_construction
+        else:
+            index = self._ivfpq(faiss, x)
+        index.add(x)
+        return index
+
+    def _ivfpq(self, faiss: Any, x: np.ndarray) -> Any:
+        o, d, n = self.options, self.dim, x.shape[0]
+        nlist = o.nlist or max(1, min(int(4 * math.sqrt(n)), n // 39))
+        m = o.pq_m or _largest_divisor_at_most(d, max(1, d // 8))
+        if d % m:
+            raise ValueError(f"pq_m={m} must divide the dimension {d}")
+        # faiss wants >= 39 training points per centroid, for the PQ codebooks too
+        nbits = max(1, min(8, int(math.log2(max(2, n // 39)))))
+        quantizer = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFPQ(quantizer, d, nlist, m, nbits, faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(o.seed)
+        sample = x if n <= o.train_size else x[np.sort(rng.choice(n, o.train_size, False))]
+        index.train(sample)
+        index.nprobe = o.nprobe or min(nlist, max(1, nlist // 8), 64)
+        self._quantizer = quantizer  # the IVF index does not own it
+        return index
+
+    def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q = _queries(queries, self.dim)
+        k = min(int(k), self.count)
+        if k < 1:
+            raise ValueError("k must be >= 1 and the gallery non-empty")
+        fetch = min(self.count * self.nt, k * self.nt * self.overfetch)
+        if self.name == "hnsw":
+            faiss = _import_faiss()
+            params = faiss.SearchParametersHNSW(efSearch=max(self.options.ef_search, fetch))
+            dist, tok = self.index.search(q.numpy(), fetch, params=params)
+        else:
+            dist, tok = self.index.search(q.numpy(), fetch)
+        candidates = self._candidates(torch.from_numpy(dist), torch.from_numpy(tok), k)
+        scores = self.exact.rescore(q, candidates)
+        s, j = scores.topk(min(k, scores.shape[1]), dim=1)
+        idx = candidates.gather(1, j).masked_fill(torch.isinf(s), -1)
+        return _pad(s, idx, k)
+
+    def _candidates(self, dist: torch.Tensor, tok: torch.Tensor, k: int) -> torch.Tensor:
+        """The best ``k * overfetch`` distinct images ``[Q, C]`` (-1 padded) among the token
+        hits ``[Q, fetch]``, ranked by their best hit (a lower bound of their true score)."""
+        keep = k * self.overfetch
+        rows = []
+        for d, t in zip(dist, tok, strict=True):
+            ok = t >= 0
+            images, inverse = torch.unique(t[ok] // self.nt, return_inverse=True)
+            best = torch.full((len(images),), float("-inf")).scatter_reduce(
+                0, inverse, d[ok], reduce="amax"
+            )
+            rows.append(images[best.topk(min(keep, len(images))).indices])
+        width = max(1, max(len(r) for r in rows))
+        out = torch.full((len(rows), width), -1, dtype=torch.int64)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = r
+        return out
+
+
+def _pad(s: torch.Tensor, i: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    if s.shape[1] >= k:
+        return s, i
+    extra = k - s.shape[1]
+    s = torch.cat([s, torch.full((s.shape[0], extra), float("-inf"))], 1)
+    i = torch.cat([i, torch.full((i.shape[0], extra), -1, dtype=torch.int64)], 1)
+    return s, i
+
+
+def _largest_divisor_at_most(n: int, cap: int) -> int:
+    return max(m for m in range(1, cap + 1) if n % m == 0)
+
+
+def make_engine(
+    name: str, embeddings: np.ndarray | torch.Tensor, options: FaissOptions | None = None
+) -> SearchEngine:
+    """``exact``, ``flat``, ``hnsw`` or ``ivfpq`` over ``embeddings`` ``[N, Nt, D]``."""
+    if name == "exact":
+        return ExactEngine(embeddings)
+    if name in ("flat", "hnsw", "ivfpq"):
+        return FaissEngine(embeddings, name, options)
+    raise ValueError(f"unknown engine {name!r}; choose one of {ENGINES}")
+
+
+# ---- model + index + engine --------------------------------------------------------
+@dataclass(frozen=True)
+class Hit:
+    rank: int
+    id: str
+    path: str
+    score: float
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    hits: list[Hit]
+    relevance: dict[str, float] | None
+    """How much the text is about each attribute (``alpha``, from the attribute weights), plus
+    ``other = 1 - max(alpha)``; None when the model has no attribute weights."""
+
+    def to_text(self) -> str:
+        """Ranked lines ``rank  score  path`` and a relevance line, for a terminal."""
+        lines = [f"{h.rank:>4}  {h.score:.4f}  {h.path}" for h in self.hits]
+        if self.relevance is not None:
+            rel = "  ".join(f"{a} {v:.2f}" for a, v in self.relevance.items())
+            lines.append(f"attribute relevance of the text: {rel}")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "results": [h.__dict__ for h in self.hits],
+            "relevance": self.relevance,
+        }
+
+
+class Searcher:
+    """A model, the index built with it and an engine: (image, text) -> ranked index images.
+
+    Thread-safe for concurrent :meth:`search` calls (the model runs in inference mode, the
+    engines keep no per-call state).
+    """
+
+    def __init__(self, model: Any, index: Any, engine: SearchEngine, device: torch.device):
+        self.model, self.index, self.engine, self.device = model, index, engine, device
+
+    @classmethod
+    def open(
+        cls,
+        index_dir: str | Path,
+        *,
+        checkpoint: str | Path | None = None,
+        engine: str = "exact",
+        device: str | torch.device = "cpu",
+        verify: bool = True,
+        options: FaissOptions | None = None,
+    ) -> Searcher:
+        """Load the index, its checkpoint (``checkpoint`` or the one the manifest names; its
+        sha256 must match) and build the engine."""
+        from dqecir.index import load_index
+        from dqecir.models.cir import load_model
+
+        index = load_index(index_dir, verify=verify)
+        ck = index.check_checkpoint(checkpoint if checkpoint is not None else index.checkpoint_path)
+        device = torch.device(device)
+        model, _ = load_model(ck, device)
+        preprocess = json.loads(json.dumps(model.backbone.preprocess.to_dict()))
+        if model.embed_dim != index.dim or preprocess != index.manifest["preprocess"]:
+            raise DqecirError(
+                f"index {index.root}: dimension or preprocessing differs from checkpoint {ck}"
+            )
+        return cls(model, index, make_engine(engine, index.embeddings, options), device)
+
+    @property
+    def attributes(self) -> list[str]:
+        return list(self.model.attributes)
+
+    @torch.inference_mode()
+    def encode(self, pixels: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
+        """``q_star`` ``[B, D]`` (and ``alpha`` ``[B, A]`` with attribute weights) for a batch
+        of preprocessed reference images and their texts."""
+        bb = self.model.backbone
+        feats = bb.image_features(pixels.to(self.device))
+        tfeats = {k: v.to(self.device) for k, v in bb.text_features(list(texts)).items()}
+        out = self.model.query(feats, tfeats)
+        return {k: v.float().cpu() for k, v in out.items() if k in ("q_star", "alpha")}
+
+    def search(
+        self, pixels: torch.Tensor, text: str, k: int = 10, exclude: Sequence[str] = ()
+    ) -> SearchResult:
+        """Top ``k`` for one reference (``pixels`` ``[3, S, S]``, from
+        :func:`dqecir.data.images.to_tensor`) and text; ids in ``exclude`` are left out (the
+        reference itself when it comes from the index)."""
+        return self.search_batch(pixels.unsqueeze(0), [text], k, [exclude])[0]
+
+    def search_batch(
+        self,
+        pixels: torch.Tensor,
+        texts: Sequence[str],
+        k: int = 10,
+        exclude: Sequence[Sequence[str]] | None = None,
+    ) -> list[SearchResult]:
+        enc = self.encode(pixels, texts)
+        exclude = exclude or [()] * len(texts)
+        extra = max((len(e) for e in exclude), default=0)
+        scores, idx = self.engine.search(enc["q_star"], k + extra)
+        alpha = enc.get("alpha")
+        return [
+            SearchResult(
+                self._hits(scores[r], idx[r], k, set(exclude[r])),
+                self._relevance(alpha[r]) if alpha is not None else None,
+            )
+            for r in range(len(texts))
+        ]
+
+    def _hits(self, scores: torch.Tensor, idx: torch.Tensor, k: int, skip: set[str]) -> list[Hit]:
+        hits: list[Hit] = []
+        for s, i in zip(scores.tolist(), idx.tolist(), strict=True):
+            if i < 0 or len(hits) == k:
+                break
+            image_id = self.index.ids[i]
+            if image_id in skip:
+                continue
+            hits.append(Hit(len(hits) + 1, image_id, str(self.index.images_root / image_id), s))
+        return hits
+
+    def _relevance(self, alpha: torch.Tensor) -> dict[str, float]:
+        rel = {a: float(v) for a, v in zip(self.attributes, alpha.tolist(), strict=True)}
+        rel["other"] = 1.0 - max(rel.values(), default=0.0)
+        return rel

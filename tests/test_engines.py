@@ -1,0 +1,123 @@
+"""Search engines on random galleries: exact vs a naive reference, faiss engines vs exact."""
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.nn import functional as F
+
+from dqecir.engines import (
+    ExactEngine,
+    FaissEngine,
+    FaissOptions,
+    MissingDependencyError,
+    make_engine,
+)
+from dqecir.models.backbones.base import similarity
+
+needs_faiss = pytest.mark.skipif(
+    importlib.util.find_spec("faiss") is None, reason="faiss not installed (dqecir[index])"
+)
+
+
+@pytest.fixture(autouse=True)
+def one_faiss_thread():
+    """faiss' OpenMP threads spin on a loaded 2-core machine (IVF training: 0.02 s with one
+    thread, 5 s with two); tests run it single-threaded and restore the setting."""
+    try:
+        import faiss
+    except ImportError:
+        yield
+        return
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    yield
+    faiss.omp_set_num_threads(before)
+
+
+def _gallery(n: int, nt: int, d: int, dtype=np.float32, seed: int = 0) -> np.ndarray:
+    g = torch.randn(n, nt, d, generator=torch.Generator().manual_seed(seed))
+    return F.normalize(g, dim=-1).numpy().astype(dtype)
+
+
+def _queries(q: int, d: int, seed: int = 1) -> torch.Tensor:
+    return F.normalize(torch.randn(q, d, generator=torch.Generator().manual_seed(seed)), dim=-1)
+
+
+def _naive(g: np.ndarray, q: torch.Tensor, k: int):
+    s = similarity(q, torch.from_numpy(g.astype(np.float32)))
+    return s.topk(k, dim=1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+@pytest.mark.parametrize("nt", [1, 3])
+def test_exact_matches_naive_across_chunks(dtype, nt):
+    g, q = _gallery(257, nt, 16, dtype), _queries(5, 16)
+    want_s, want_i = _naive(g, q, 7)
+    # tiny blocks and score buffers: many chunks and top-k merges
+    for block_bytes, score_bytes in ((64, 256), (1 << 20, 16 << 20)):
+        s, i = ExactEngine(g, block_bytes=block_bytes, score_bytes=score_bytes).search(q, 7)
+        assert s.dtype == torch.float32 and i.dtype == torch.int64
+        assert torch.allclose(s, want_s, atol=1e-6)
+        assert torch.equal(i, want_i)
+
+
+def test_exact_clips_k_and_accepts_one_query_vector():
+    g = _gallery(4, 1, 8)
+    s, i = ExactEngine(g).search(_queries(1, 8)[0], 10)
+    assert s.shape == (1, 4) and sorted(i[0].tolist()) == [0, 1, 2, 3]
+    with pytest.raises(ValueError, match="queries must be"):
+        ExactEngine(g).search(torch.zeros(2, 5), 3)
+
+
+@needs_faiss
+@pytest.mark.parametrize("nt", [1, 4])
+def test_faiss_flat_equals_exact(nt):
+    g, q = _gallery(600, nt, 32, np.float16), _queries(8, 32)
+    s0, i0 = ExactEngine(g).search(q, 10)
+    s1, i1 = FaissEngine(g, "flat").search(q, 10)
+    assert torch.allclose(s0, s1, atol=1e-5)
+    assert torch.equal(i0, i1)
+
+
+def _recall(exact: torch.Tensor, approx: torch.Tensor) -> float:
+    hits = sum(len(set(a) & set(b)) for a, b in zip(exact.tolist(), approx.tolist(), strict=True))
+    return hits / exact.numel()
+
+
+@needs_faiss
+@pytest.mark.parametrize("nt", [1, 4])
+def test_hnsw_recall(nt):
+    g, q = _gallery(1000, nt, 32), _queries(20, 32)
+    _, i0 = ExactEngine(g).search(q, 10)
+    s, ih = FaissEngine(g, "hnsw").search(q, 10)
+    assert _recall(i0, ih) >= 0.95
+    assert torch.allclose(s, ExactEngine(g).rescore(q, ih), atol=1e-6)  # scores are exact
+
+
+@needs_faiss
+def test_ivfpq_recall_and_exact_rescoring():
+    g, q = _gallery(1000, 1, 32), _queries(20, 32)
+    _, i0 = ExactEngine(g).search(q, 10)
+    s, ii = FaissEngine(g, "ivfpq", FaissOptions(nprobe=64, pq_m=8)).search(q, 10)
+    assert _recall(i0, ii) >= 0.6  # PQ codes are coarse on random data
+    valid = ii >= 0
+    assert valid.any()
+    assert torch.allclose(s[valid], ExactEngine(g).rescore(q, ii.clamp(min=0))[valid], atol=1e-6)
+
+
+@needs_faiss
+def test_make_engine_names():
+    g = _gallery(50, 1, 8)
+    assert make_engine("exact", g).name == "exact"
+    assert make_engine("hnsw", g).name == "hnsw"
+    with pytest.raises(ValueError, match="unknown engine"):
+        make_engine("annoy", g)
+
+
+def test_missing_faiss_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
+    with pytest.raises(MissingDependencyError, match=r"pip install 'dqecir\[index\]'"):
+        FaissEngine(_gallery(10, 1, 8), "flat")
