@@ -1,0 +1,162 @@
+"""HTTP API on a real uvicorn (127.0.0.1, free port): searches, thumbnails, every bad input,
+and 16 concurrent searches answering like serial ones."""
+
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from dqecir.config import load_config
+from dqecir.data.images import load_tensor
+from dqecir.data.synthetic import make_benchmark
+from dqecir.index import build_index
+from dqecir.serve.app import BackgroundServer, Limits, create_app
+from dqecir.train import train
+
+CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+LIMITS = Limits(max_body_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
+    cfg = load_config(
+        CONFIG,
+        [
+            f"data.root={root / 'bench' / 'cirr'}",
+            f"data.cache_dir={root / 'cache'}",
+            "train.epochs=1",
+            "model.attribute_weights=gate",
+        ],
+    )
+    ck = train(cfg, root / "run")
+    images = root / "bench" / "cirr" / "test1"
+    build_index(ck, images, root / "index", progress=False)
+    app = create_app(root / "index", limits=LIMITS)
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        yield client, app.state.searcher, images
+
+
+def _png(size=(40, 30), color=(200, 30, 30)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A small PNG file that declares ``width x height`` (a decompression bomb's header)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 1000)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def _search(client, text="make it red", k=5, image_id=None, upload=None, name="ref.png"):
+    data = {"text": text, "k": str(k)}
+    if image_id is not None:
+        data["image_id"] = image_id
+    files = {"image": (name, upload, "image/png")} if upload is not None else None
+    return client.post("/api/search", data=data, files=files)
+
+
+def test_health_page_examples_and_thumbnails(server):
+    client, searcher, _ = server
+    assert client.get("/healthz").json()["images"] == len(searcher.index)
+    page = client.get("/")
+    assert page.status_code == 200 and "DQE-CIR search" in page.text
+    assert client.get("/static/app.js").status_code == 200
+    ex = client.get("/api/examples", params={"n": 4}).json()
+    assert len(ex["examples"]) == 4 and ex["attributes"] == ["color", "shape"]
+    thumb = client.get(ex["examples"][0]["url"])
+    assert thumb.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumb.content)).size[0] <= LIMITS.thumb_size
+    assert client.get("/api/images/nope.png").status_code == 404
+    assert client.get("/api/images/../../etc/passwd").status_code == 404
+
+
+def test_search_by_id_and_by_upload_match_the_library(server):
+    client, searcher, images = server
+    ref = searcher.index.ids[3]
+    by_id = _search(client, image_id=ref)
+    assert by_id.status_code == 200, by_id.text
+    body = by_id.json()
+    assert len(body["results"]) == 5 and all(r["id"] != ref for r in body["results"])
+    assert set(body["relevance"]) == {"color", "shape", "other"}
+    assert body["results"][0]["url"].startswith("/api/images/")
+    up = _search(client, upload=(images / ref).read_bytes()).json()
+    pixels = load_tensor(images / ref, searcher.model.backbone.preprocess)
+    direct = searcher.search(pixels, "make it red", 5)
+    assert [r["id"] for r in up["results"]] == [h.id for h in direct.hits]
+    assert up["results"][0]["score"] == pytest.approx(direct.hits[0].score, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"upload": b"GIF89a not really"}, 400, "not a usable image"),
+        ({"upload": _png()[:60]}, 400, "truncated"),
+        ({"upload": _png_header_only(30_000, 30_000)}, 400, "decompression bomb"),
+        ({"upload": _png((2000, 1000))}, 400, "above the limit of 1000000"),
+        ({"upload": b""}, 400, "empty"),
+        ({"upload": _png(), "text": ""}, 422, "text is empty"),
+        ({"upload": _png(), "text": "x" * 51}, 422, "limit is 50"),
+        ({"upload": _png(), "k": 0}, 422, "k must be between 1 and 20"),
+        ({"upload": _png(), "k": 21}, 422, "k must be"),
+        ({}, 422, "exactly one reference"),
+        ({"upload": _png(), "image_id": "x.png"}, 422, "exactly one reference"),
+        ({"image_id": "missing.png"}, 404, "no image"),
+    ],
+)
+def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(server, kwargs, status, message):
+    client, _, _ = server
+    r = _search(client, **kwargs)
+    assert r.status_code == status, r.text
+    assert message in r.json()["detail"]
+    assert client.get("/healthz").status_code == 200
+
+
+def test_too_large_bodies_get_413(server):
+    client, _, _ = server
+    big = _png() + b"\0" * 300_000
+    r = _search(client, upload=big)  # Content-Length says it at once
+    assert r.status_code == 413 and "limit" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: counted while streaming
+        yield b'--x\r\nContent-Disposition: form-data; name="text"\r\n\r\nred\r\n'
+        for _ in range(40):
+            yield b"a" * 10_000
+
+    r = client.post(
+        "/api/search", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code == 413
+    assert client.get("/healthz").status_code == 200
+
+
+def test_concurrent_searches_answer_like_serial_ones(server):
+    client, searcher, images = server
+    ids = searcher.index.ids[:8]
+    texts = ["make it red", "turn it into a circle"]
+    jobs = [(i, t) for i in ids for t in texts]
+    assert len(jobs) == 16
+
+    def run(job):
+        r = _search(client, image_id=job[0], text=job[1], k=10)
+        assert r.status_code == 200, r.text
+        body = r.json()
+        return [(x["id"], round(x["score"], 6)) for x in body["results"]], body["relevance"]
+
+    serial = [run(j) for j in jobs]
+    with ThreadPoolExecutor(16) as pool:
+        parallel = list(pool.map(run, jobs))
+    assert parallel == serial
