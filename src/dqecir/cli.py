@@ -76,6 +76,17 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    from dqecir.ablate import VARIANTS, run_ablation
+
+    res = run_ablation(
+        Path(args.config), args.seeds, Path(args.out), overrides=args.set or [],
+        variants=args.variants or VARIANTS, split=args.split,
+    )  # fmt: skip
+    print(Path(args.out) / "ablation.md")
+    return 0 if res else 1
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dqecir.demo import run_demo
 
@@ -200,6 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--cache-dir", help="frozen-feature cache (default: <root>/.dqecir-cache)")
     ev.set_defaults(func=_cmd_evaluate)
+
+    ab = sub.add_parser("ablate", help="baseline | +AW | +TRNS | full over seeds, with a table")
+    ab.add_argument("--config", required=True, help="config of the full method")
+    ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ab.add_argument("--out", required=True)
+    ab.add_argument("--split", help="split scored (default: the config's test split)")
+    ab.add_argument("--variants", nargs="+", help="subset of baseline +AW +TRNS full")
+    ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    ab.set_defaults(func=_cmd_ablate)
 
     de = sub.add_parser("demo", help="the main job: build fmnist, train lite, compare baselines")
     de.add_argument("--data", default="data", help="where benchmarks are built")

@@ -187,7 +187,9 @@ class Trainer:
         self.val_table = build_features(
             bb, self.val_splits, train=False, cache_dir=cache, device=self.device, batch_size=fb
         )
-        self.queries: TrainQueries = build_train_queries(self.train_splits, self.train_table)
+        self.queries: TrainQueries = build_train_queries(
+            self.train_splits, self.train_table, cfg.data.random_caption_order
+        )
         self.text_labels = self._text_labels(self.train_table)
         self.steps_per_epoch = math.ceil(len(self.queries) / cfg.train.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.train.epochs

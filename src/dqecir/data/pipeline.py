@@ -18,16 +18,17 @@ from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone
 
 
-def query_texts(q: Query, train: bool) -> list[str]:
+def query_texts(q: Query, train: bool, random_order: bool = True) -> list[str]:
     """The text(s) a query is read as. FashionIQ's two captions are joined as "c0 and c1" for
-    evaluation; training also uses "c1 and c0" (a random order per step, as SPRC does)."""
+    evaluation; training also uses "c1 and c0" (a random order per step, as SPRC does) unless
+    ``random_order`` is off."""
     texts = [t.strip() for t in q.texts if t.strip()]
     if not texts:
         raise DataError("query has no text", record=q.qid)
     if len(texts) == 1:
         return texts
     joined = " and ".join(texts)
-    if not train:
+    if not train or not random_order:
         return [joined]
     return [joined, " and ".join(reversed(texts))]
 
@@ -120,7 +121,9 @@ class TrainQueries:
         return len(self.qids)
 
 
-def build_train_queries(splits: Sequence[CIRSplit], table: FeatureTable) -> TrainQueries:
+def build_train_queries(
+    splits: Sequence[CIRSplit], table: FeatureTable, random_order: bool = True
+) -> TrainQueries:
     """The TRNS candidate pool is every image of ``table`` (build it from the training splits
     alone: the split's gallery, every image appearing as reference or target)."""
     qids, ref, tgt, txt, gts = [], [], [], [], []
@@ -130,7 +133,7 @@ def build_train_queries(splits: Sequence[CIRSplit], table: FeatureTable) -> Trai
                 raise DataError(
                     "training query has no target", file=f"{s.benchmark}:{s.split}", record=q.qid
                 )
-            options = [table.text_row[t] for t in query_texts(q, train=True)]
+            options = [table.text_row[t] for t in query_texts(q, True, random_order)]
             if len(options) == 1:
                 options = options * 2
             qids.append(q.qid)

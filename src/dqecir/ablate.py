@@ -1,0 +1,188 @@
+"""``dqecir ablate``: baseline | +AW | +TRNS | full, same backbone, data, steps and seeds.
+
+The config file describes the full method; the variants switch its parts off:
+
+- ``baseline``: ``L_itc`` only (no attribute weights, no TRNS, ``L_kl = L_rank = L_attr = 0``);
+- ``+AW``: attribute weights and ``L_attr``;
+- ``+TRNS``: TRNS negatives with ``L_kl`` and ``L_rank``;
+- ``full``: both.
+
+Each (variant, seed) is trained on the train split (best epoch by the val headline metric) and
+scored on the test split. Outputs: ``ablation.json`` (variant -> metric -> mean, std, per-seed
+values, with the git commit and the config), ``ablation.md`` (tables) and ``ablation.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import statistics
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dqecir.config import Config, load_config
+
+log = logging.getLogger(__name__)
+
+VARIANTS = ["baseline", "+AW", "+TRNS", "full"]
+TABLE_METRICS = ["map@5", "map@10", "map@25", "map@50", "recall@1", "recall@5", "recall@10",
+                 "recall@50", "recall_subset@1", "recall_subset@2", "avg"]  # fmt: skip
+
+
+def variant_overrides(cfg: Config, variant: str) -> list[str]:
+    """Overrides that turn the full config into ``variant``."""
+    aw = cfg.model.attribute_weights if cfg.model.attribute_weights != "none" else "gate"
+    w_attr = cfg.loss.w_attr or 0.5
+    w_kl, w_rank = cfg.loss.w_kl or 1.0, cfg.loss.w_rank or 0.5
+    off_aw = ["model.attribute_weights=none", "loss.w_attr=0.0"]
+    on_aw = [f"model.attribute_weights={aw}", f"loss.w_attr={w_attr}"]
+    off_trns = ["trns.enabled=false", "loss.w_kl=0.0", "loss.w_rank=0.0"]
+    on_trns = ["trns.enabled=true", f"loss.w_kl={w_kl}", f"loss.w_rank={w_rank}"]
+    table = {
+        "baseline": off_aw + off_trns,
+        "+AW": on_aw + off_trns,
+        "+TRNS": off_aw + on_trns,
+        "full": on_aw + on_trns,
+    }
+    if variant not in table:
+        raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
+    return table[variant]
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+            cwd=Path(__file__).parent,
+        )  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+            text=True, cwd=Path(__file__).parent,
+        ).stdout.strip()  # fmt: skip
+        return out.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def summarize(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str, Any]]:
+    """variant -> metric -> {mean, std, values}."""
+    out: dict[str, dict[str, Any]] = {}
+    for variant, runs in per_seed.items():
+        keys = sorted(set().union(*[r.keys() for r in runs])) if runs else []
+        out[variant] = {}
+        for k in keys:
+            vals = [float(r[k]) for r in runs if k in r]
+            out[variant][k] = {
+                "mean": statistics.fmean(vals),
+                "std": statistics.stdev(vals) if len(vals) > 1 else 0.0,
+                "values": vals,
+            }
+    return out
+
+
+def markdown(summary: dict[str, dict[str, Any]], title: str, kinds: Sequence[str]) -> str:
+    def cell(v: str, k: str) -> str:
+        s = summary[v].get(k)
+        return "–" if s is None else f"{s['mean']:.1f} ± {s['std']:.1f}"
+
+    variants = list(summary)
+    lines = [f"# {title}", "", "Overall (mean ± std over seeds):", ""]
+    lines.append("| metric | " + " | ".join(variants) + " |")
+    lines.append("|---|" + "---|" * len(variants))
+    for k in TABLE_METRICS:
+        if any(k in summary[v] for v in variants):
+            lines.append(f"| {k} | " + " | ".join(cell(v, k) for v in variants) + " |")
+    for kind in kinds:
+        lines += ["", f"Query kind `{kind}`:", ""]
+        lines.append("| metric | " + " | ".join(variants) + " |")
+        lines.append("|---|" + "---|" * len(variants))
+        for k in TABLE_METRICS:
+            key = f"{kind}/{k}"
+            if any(key in summary[v] for v in variants):
+                lines.append(f"| {k} | " + " | ".join(cell(v, key) for v in variants) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, dict[str, Any]], path: Path, metrics: Sequence[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    variants = list(summary)
+    metrics = [m for m in metrics if all(m in summary[v] for v in variants)]
+    x = np.arange(len(metrics))
+    w = 0.8 / max(1, len(variants))
+    fig, ax = plt.subplots(figsize=(1.3 * len(metrics) + 2, 3.6))
+    for i, v in enumerate(variants):
+        means = [summary[v][m]["mean"] for m in metrics]
+        stds = [summary[v][m]["std"] for m in metrics]
+        ax.bar(x + i * w - 0.4 + w / 2, means, w, yerr=stds, capsize=3, label=v)
+    ax.set_xticks(x, metrics, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel("%")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run_ablation(
+    config: Path,
+    seeds: Sequence[int],
+    out: Path,
+    *,
+    overrides: Sequence[str] = (),
+    variants: Sequence[str] = VARIANTS,
+    split: str | None = None,
+) -> dict[str, Any]:
+    from dqecir.evaluate import evaluate_checkpoint
+    from dqecir.train import train
+
+    out.mkdir(parents=True, exist_ok=True)
+    base = load_config(config, list(overrides))
+    test_split = split or base.data.test_split
+    per_seed: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
+    seconds: dict[str, list[float]] = {v: [] for v in variants}
+    for seed in seeds:
+        for v in variants:
+            run = out / "runs" / f"{v.replace('+', 'plus-')}-seed{seed}"
+            cfg = load_config(
+                config, [*overrides, *variant_overrides(base, v), f"train.seed={seed}"]
+            )
+            t0 = time.perf_counter()
+            done = run / "test_metrics.json"
+            if done.exists():  # resume an interrupted ablation without redoing finished runs
+                metrics = json.loads(done.read_text())
+            else:
+                ckpt = train(cfg, run)
+                metrics, _ = evaluate_checkpoint(
+                    ckpt, cfg.data.benchmark, Path(cfg.data.root), test_split,
+                    device=cfg.train.device, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
+                )  # fmt: skip
+                done.write_text(json.dumps(metrics))
+            seconds[v].append(time.perf_counter() - t0)
+            per_seed[v].append(metrics)
+            log.info("ablation %s seed %d: %s=%.2f", v, seed, base.eval.headline,
+                     metrics.get(base.eval.headline, float("nan")))  # fmt: skip
+    summary = summarize(per_seed)
+    kinds = sorted({k.split("/")[0] for r in per_seed[variants[0]] for k in r if "/" in k})
+    result = {
+        "config": base.to_dict(),
+        "config_file": str(config),
+        "overrides": list(overrides),
+        "seeds": list(seeds),
+        "split": test_split,
+        "git_commit": git_commit(),
+        "seconds_per_run": {v: statistics.fmean(s) for v, s in seconds.items() if s},
+        "variants": summary,
+    }
+    (out / "ablation.json").write_text(json.dumps(result, indent=1))
+    title = f"Ablation: {base.name}, {test_split} split, seeds {list(seeds)}"
+    (out / "ablation.md").write_text(markdown(summary, title, kinds))
+    plot(summary, out / "ablation.png", ["map@10", "recall@1", "recall@10", "recall_subset@1"]
+         + [f"{k}/map@10" for k in kinds])  # fmt: skip
+    return result
