@@ -223,3 +223,16 @@ def test_registry_rejects_duplicates() -> None:
     with pytest.raises(ValueError, match="already registered"):
         reg.register("a")(list)
     assert reg.names() == ["a"] and reg.create("a", x=1) == {"x": 1}
+
+
+def test_qformer_fusion_ignores_trailing_padding() -> None:
+    from dqecir.models.backbones.lite import QFormerFusion
+
+    torch.manual_seed(0)
+    fusion = QFormerFusion(12, 10, 4, 8, 16, 3, 2, 2, 0.0).eval()
+    img, text = torch.randn(2, 4, 12), torch.randn(2, 6, 10)
+    mask = torch.tensor([[1, 1, 1, 0, 0, 0], [1, 1, 0, 0, 0, 0]], dtype=torch.bool)
+    q, h = fusion.query(img, text, mask)
+    longer = torch.cat([text, torch.randn(2, 5, 10)], dim=1)
+    q2, h2 = fusion.query(img, longer, torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)], 1))
+    assert torch.allclose(q, q2, atol=1e-5) and torch.allclose(h, h2, atol=1e-5)
