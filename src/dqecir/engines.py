@@ -96,8 +96,10 @@ class ExactEngine:
 
     Args:
         embeddings: ``[N, Nt, D]`` (or ``[N, D]``) float16 or float32; not copied.
-        block_bytes: size of the float32 working block a float16 chunk is upcast into (about
-            the per-core L2 cache); float32 storage is read in place, 16x larger blocks.
+        block_bytes: size of the float32 working block a float16 chunk is upcast into (small
+            enough to stay in cache, large enough that the per-op overhead and the thread
+            barriers of each op stay small); float32 storage is read in place, in blocks 4x
+            larger.
         score_bytes: size of the score buffer between two top-k merges.
     """
 
@@ -107,7 +109,7 @@ class ExactEngine:
         self,
         embeddings: np.ndarray | torch.Tensor,
         *,
-        block_bytes: int = 1 << 20,
+        block_bytes: int = 4 << 20,
         score_bytes: int = 16 << 20,
     ) -> None:
         self.tokens = _as_tokens(embeddings)
@@ -122,7 +124,7 @@ class ExactEngine:
         k = min(int(k), self.count)
         if k < 1:
             raise ValueError("k must be >= 1 and the gallery non-empty")
-        per_block = self.block_bytes * (16 if self.tokens.dtype == torch.float32 else 1)
+        per_block = self.block_bytes * (4 if self.tokens.dtype == torch.float32 else 1)
         block = max(1, per_block // (4 * self.nt * self.dim))  # images per block
         span = max(block, self.score_bytes // (4 * q.shape[0]) // block * block)
         best = None

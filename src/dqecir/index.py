@@ -94,6 +94,7 @@ def list_images(root: str | Path) -> list[str]:
 def _write_json(path: Path, obj: Any) -> None:
     def write(tmp: Path) -> None:
         tmp.write_text(json.dumps(obj, indent=1), encoding="utf-8")
+        tmp.chmod(0o644)  # the temp file is private; an index is meant to be shared
 
     atomic_write(path, write)
 
@@ -102,6 +103,7 @@ def _write_npy(path: Path, arr: np.ndarray) -> None:
     def write(tmp: Path) -> None:
         with open(tmp, "wb") as f:
             np.save(f, arr)
+        tmp.chmod(0o644)
 
     atomic_write(path, write)
 
@@ -290,11 +292,15 @@ class BuildReport:
     """Images embedded by this run (the rest came from chunks of an interrupted run)."""
     reused: int
     seconds: float
+    """Wall time of the whole build (listing, checkpoint hash, model load, embedding, write)."""
     bytes_on_disk: int
+    embed_seconds: float = 0.0
+    """Time spent decoding and embedding the ``computed`` images."""
 
     @property
     def images_per_second(self) -> float:
-        return self.computed / self.seconds if self.seconds > 0 else 0.0
+        """Embedding throughput (decode + preprocess + gallery side), model load excluded."""
+        return self.computed / self.embed_seconds if self.embed_seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -304,6 +310,7 @@ class BuildReport:
             "computed": self.computed,
             "reused": self.reused,
             "seconds": round(self.seconds, 3),
+            "embed_seconds": round(self.embed_seconds, 3),
             "images_per_s": round(self.images_per_second, 1),
             "bytes_on_disk": self.bytes_on_disk,
         }
@@ -369,7 +376,9 @@ def build_index(
         return done
     model, _ = load_model(ck, device)
     plan = _Plan(model, ck, ck_sha, images, ids, dtype, chunk_size)
+    embed_start = time.perf_counter()
     computed, reused = _build_chunks(plan, out / BUILD, batch_size, workers, progress)
+    embed_seconds = time.perf_counter() - embed_start
     manifest = _finalize(plan, out)
     shutil.rmtree(out / BUILD, ignore_errors=True)
     return BuildReport(
@@ -380,6 +389,7 @@ def build_index(
         reused=reused,
         seconds=time.perf_counter() - start,
         bytes_on_disk=_bytes_on_disk(out),
+        embed_seconds=embed_seconds,
     )
 
 
