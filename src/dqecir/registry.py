@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dqecir.errors import DqecirError
+
+if TYPE_CHECKING:
+    from dqecir.models.backbones.base import Backbone
 
 T = TypeVar("T")
 
@@ -74,7 +77,7 @@ def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[...,
     return BACKBONES.register(name)
 
 
-def create_backbone(name: str, **kwargs: Any) -> Any:
+def create_backbone(name: str, **kwargs: Any) -> Backbone:
     """Build a registered backbone; ``create_backbone(name, **bb.config())`` rebuilds ``bb``."""
     return BACKBONES.create(name, **kwargs)
 
