@@ -31,6 +31,7 @@ CASES = [
     ("tiny", "tiny", {}),
     ("lite-qformer", "lite", {"fusion": "qformer"}),
     ("lite-combiner", "lite", {"fusion": "combiner"}),
+    ("lite-sum", "lite", {"fusion": "sum"}),
     ("blip2", "blip2", {"model_dir": "{blip2}"}),
 ]
 
@@ -236,3 +237,15 @@ def test_qformer_fusion_ignores_trailing_padding() -> None:
     longer = torch.cat([text, torch.randn(2, 5, 10)], dim=1)
     q2, h2 = fusion.query(img, longer, torch.cat([mask, torch.zeros(2, 5, dtype=torch.bool)], 1))
     assert torch.allclose(q, q2, atol=1e-5) and torch.allclose(h, h2, atol=1e-5)
+
+
+def test_lite_image_only_baseline_is_the_frozen_reference() -> None:
+    """The untrained reference baseline: no trainable weights, the query is the reference's own
+    pooled frozen feature, so each image retrieves itself first."""
+    bb = create_backbone("lite", fusion="image_only")
+    assert bb.trainable_parameters() == []
+    feats, texts = _inputs(bb)
+    q, _ = bb.encode_query(feats, texts)
+    g = bb.encode_gallery(feats)
+    assert torch.allclose(q, g[:, 0], atol=1e-6)
+    assert torch.allclose(q, torch.nn.functional.normalize(feats.float().mean(1), dim=-1))

@@ -33,7 +33,7 @@ from dqecir.registry import register_backbone
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_STAGES = ("head", "blocks")
-FUSIONS = ("qformer", "combiner")
+FUSIONS = ("qformer", "combiner", "sum", "image_only")
 
 
 # ---- frozen towers ------------------------------------------------------------------
@@ -235,6 +235,38 @@ class CombinerFusion(nn.Module):
         return F.normalize(q, dim=-1), t
 
 
+class SumFusion(nn.Module):
+    """Reference baseline: ``q = normalise(image_proj(i) + text_proj(t))`` on pooled features, the
+    gallery ``normalise(image_proj(i))``. Projections only: it shows what a real fusion adds."""
+
+    def __init__(self, image_dim: int, text_dim: int, dim: int) -> None:
+        super().__init__()
+        self.image_proj = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+        self.text_proj = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim))
+
+    def gallery(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.image_proj(image.mean(1)), dim=-1).unsqueeze(1)
+
+    def query(
+        self, image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        t = self.text_proj(masked_mean(text, mask))
+        return F.normalize(self.image_proj(image.mean(1)) + t, dim=-1), t
+
+
+class ImageOnlyFusion(nn.Module):
+    """Reference baseline without training: the query is the reference's own frozen, pooled image
+    feature (the text is ignored); the gallery is the same feature of each image."""
+
+    def gallery(self, image: torch.Tensor) -> torch.Tensor:
+        return F.normalize(image.mean(1), dim=-1).unsqueeze(1)
+
+    def query(
+        self, image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.normalize(image.mean(1), dim=-1), masked_mean(text, mask)
+
+
 # ---- the backbone -------------------------------------------------------------------
 @register_backbone("lite")
 class LiteBackbone(Backbone):
@@ -284,9 +316,16 @@ class LiteBackbone(Backbone):
                 c_img, c_txt, n_img, dim, width, num_queries, num_layers, num_heads, dropout
             )
             self.num_tokens, self.hidden_dim = num_queries, width
-        else:
+        elif fusion == "combiner":
             self.fusion = CombinerFusion(c_img, c_txt, dim, combiner_hidden, dropout)
             self.num_tokens, self.hidden_dim = 1, dim
+        elif fusion == "sum":
+            self.fusion = SumFusion(c_img, c_txt, dim)
+            self.num_tokens, self.hidden_dim = 1, dim
+        else:
+            self.fusion = ImageOnlyFusion()
+            self.dim = c_img
+            self.num_tokens, self.hidden_dim = 1, c_txt
 
     def config(self) -> dict[str, Any]:
         return dict(self._config)
@@ -326,7 +365,8 @@ class LiteBackbone(Backbone):
         return {"tokens": tokens, "mask": enc["attention_mask"].bool()}
 
     def _dtype(self) -> torch.dtype:
-        return next(self.fusion.parameters()).dtype
+        p = next(self.fusion.parameters(), None)
+        return p.dtype if p is not None else torch.float32
 
     def encode_gallery(self, image_feats: torch.Tensor) -> torch.Tensor:
         return self.fusion.gallery(image_feats.to(self._dtype()))
