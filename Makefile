@@ -31,7 +31,7 @@ demo: install system-deps
 	$(BIN)/dqecir demo --data $(DATA) --out demo
 
 bench: install system-deps
-	bash scripts/bench.sh
+	DATA=$(DATA) bash scripts/bench.sh
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

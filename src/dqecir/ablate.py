@@ -33,10 +33,12 @@ TABLE_METRICS = ["map@5", "map@10", "map@25", "map@50", "recall@1", "recall@5", 
 
 
 def variant_overrides(cfg: Config, variant: str) -> list[str]:
-    """Overrides that turn the full config into ``variant``."""
-    aw = cfg.model.attribute_weights if cfg.model.attribute_weights != "none" else "gate"
-    w_attr = cfg.loss.w_attr or 0.5
-    w_kl, w_rank = cfg.loss.w_kl or 1.0, cfg.loss.w_rank or 0.5
+    """Overrides that turn the full config into ``variant``: a part that the variant keeps runs
+    with the config's own settings; a part it drops is switched off."""
+    aw = cfg.model.attribute_weights
+    if aw == "none" and variant in ("+AW", "full"):
+        raise ValueError("the config describes no attribute weights (model.attribute_weights)")
+    w_attr, w_kl, w_rank = cfg.loss.w_attr, cfg.loss.w_kl, cfg.loss.w_rank
     off_aw = ["model.attribute_weights=none", "loss.w_attr=0.0"]
     on_aw = [f"model.attribute_weights={aw}", f"loss.w_attr={w_attr}"]
     off_trns = ["trns.enabled=false", "loss.w_kl=0.0", "loss.w_rank=0.0"]

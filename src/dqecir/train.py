@@ -277,6 +277,47 @@ class Trainer:
         stats["total_seconds"] = time.perf_counter() - t0
         return stats
 
+    def trns_terms(
+        self,
+        b: torch.Tensor,
+        q_star: torch.Tensor,
+        scores: torch.Tensor,
+        tgt_tokens: torch.Tensor,
+        tau: torch.Tensor,
+        ignore: torch.Tensor | None,
+    ) -> dict[str, torch.Tensor]:
+        """``L_kl`` and ``L_rank`` over each query's target and its current TRNS negatives."""
+        cfg = self.cfg
+        negs = self.negatives[b]
+        valid = (negs >= 0).to(self.device)
+        neg_tokens = self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten()))
+        n_idx = self.model.to_index(neg_tokens).float()
+        n_idx = n_idx.view(len(b), negs.shape[1], *n_idx.shape[1:])
+        s_neg = torch.einsum("bd,bkld->bkl", q_star, n_idx).amax(-1)
+        s_pos = scores.diagonal()
+        out: dict[str, torch.Tensor] = {}
+        if cfg.loss.w_kl > 0:
+            # soft targets: how much each candidate looks like the target itself (s_img)
+            img_t = pooled(tgt_tokens.float()).detach()
+            img_n = pooled(neg_tokens.float()).detach().view(len(b), negs.shape[1], -1)
+            m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
+            i_scores = torch.cat(
+                [torch.ones_like(s_pos).unsqueeze(1), torch.einsum("bd,bkd->bk", img_t, img_n)], 1
+            )
+            kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
+            if cfg.loss.kl_inbatch:
+                off = ~torch.eye(len(b), dtype=torch.bool, device=self.device)
+                if ignore is not None:
+                    off &= ~ignore
+                m_scores = torch.cat([m_scores, scores], 1)
+                i_scores = torch.cat([i_scores, img_t @ img_t.T], 1)
+                kvalid = torch.cat([kvalid, off], 1)
+            out.update(self.kl(m_scores, i_scores, tau, kvalid))
+        if cfg.loss.w_rank > 0:
+            unit = tau.detach() if cfg.loss.rank_margin_units == "tau" else 1.0
+            out.update(self.rank(s_pos, s_neg, cfg.loss.rank_margin * unit, valid))
+        return out
+
     # -- one step ------------------------------------------------------------------------
     def step_losses(self, b: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         cfg = self.cfg
@@ -301,44 +342,10 @@ class Trainer:
             terms.update(self.itc(scores, tau, ignore))
             total = terms["itc"]
             if self.trns_active() and self.state.trns_updates > 0:
-                negs = self.negatives[b]
-                valid = (negs >= 0).to(self.device)
-                n_tok = self.model.to_index(
-                    self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten()))
-                ).float()
-                n_tok = n_tok.view(len(b), negs.shape[1], *n_tok.shape[1:])
-                s_neg = torch.einsum("bd,bkld->bkl", q_star, n_tok).amax(-1)
-                s_pos = scores.diagonal()
-                if cfg.loss.w_kl > 0:
-                    img_t = pooled(tgt_tokens.float()).detach()
-                    img_n = (
-                        pooled(
-                            self.model.gallery_tokens(
-                                self._img(negs.clamp(min=0).flatten())
-                            ).float()
-                        )
-                        .detach()
-                        .view(len(b), negs.shape[1], -1)
-                    )
-                    s_img_n = torch.einsum("bd,bkd->bk", img_t, img_n)
-                    m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
-                    i_scores = torch.cat([torch.ones_like(s_pos).unsqueeze(1), s_img_n], 1)
-                    kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
-                    if cfg.loss.kl_inbatch:
-                        off = ~torch.eye(len(b), dtype=torch.bool, device=self.device)
-                        if ignore is not None:
-                            off &= ~ignore
-                        m_scores = torch.cat([m_scores, scores], 1)
-                        i_scores = torch.cat([i_scores, img_t @ img_t.T], 1)
-                        kvalid = torch.cat([kvalid, off], 1)
-                    terms.update(self.kl(m_scores, i_scores, tau, kvalid))
-                    total = total + cfg.loss.w_kl * terms["kl"]
-                if cfg.loss.w_rank > 0:
-                    margin = cfg.loss.rank_margin * (
-                        tau.detach() if cfg.loss.rank_margin_units == "tau" else 1.0
-                    )
-                    terms.update(self.rank(s_pos, s_neg, margin, valid))
-                    total = total + cfg.loss.w_rank * terms["rank"]
+                trns_terms = self.trns_terms(b, q_star, scores, tgt_tokens, tau, ignore)
+                terms.update(trns_terms)
+                total = total + cfg.loss.w_kl * trns_terms.get("kl", 0.0)
+                total = total + cfg.loss.w_rank * trns_terms.get("rank", 0.0)
             if self.model.aw is not None and cfg.loss.w_attr > 0:
                 labels = self.text_labels[trows].to(self.device)
                 terms.update(
@@ -529,6 +536,8 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch:
         if not last.exists():
             raise CheckpointError(f"--resume: {last} does not exist")
         cfg = config_from_dict(load_checkpoint(last).meta["config"])
+    else:
+        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
     (out / "config.yaml").write_text(cfg.to_yaml())
     trainer = Trainer(cfg, out)
     if resume:

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# `make bench`: every benchmark in benchmarks/, short versions, numbers and ratios on stdout.
+set -euo pipefail
+PY=.venv/bin/python
+DATA=${DATA:-data}
+[ -d "$DATA/fmnist-default/cirr" ] || .venv/bin/dqecir make-benchmark fmnist --out "$DATA/fmnist-default"
+echo "== training throughput (feature cache vs none)"
+$PY benchmarks/train_throughput.py --root "$DATA/fmnist-default/cirr"
+echo "== TRNS cost share of an epoch"
+$PY benchmarks/trns_cost.py --set "data.root=$DATA/fmnist-default/cirr"
+echo "== search engines"
+$PY benchmarks/search.py --quick
