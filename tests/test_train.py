@@ -99,3 +99,21 @@ def test_resumed_run_continues_exactly(bench, tmp_path):
     trns = [json.loads(r) for r in (full / "log.jsonl").read_text().splitlines()]
     trns = [r for r in trns if r["event"] == "trns"]
     assert len(trns) == 2 and all("zone_median" in r for r in trns)
+
+
+def test_features_too_large_for_memory_stay_memory_mapped(bench, tmp_path):
+    from dqecir.data.formats import load_benchmark
+    from dqecir.data.pipeline import LazyRows, build_features
+    from dqecir.registry import create_backbone
+
+    bb = create_backbone("tiny")
+    s = load_benchmark("cirr", bench / "cirr", "val")
+    dev = torch.device("cpu")
+    eager = build_features(bb, s, train=False, cache_dir=tmp_path / "c", device=dev)
+    lazy = build_features(bb, s, train=False, cache_dir=tmp_path / "c", device=dev,
+                          max_memory_gb=0.0)  # fmt: skip
+    assert isinstance(lazy.images, LazyRows) and isinstance(eager.images, torch.Tensor)
+    rows = torch.tensor([5, 0, 3, 3, len(eager.image_ids) - 1])
+    assert torch.equal(lazy.images[rows], eager.images[rows])
+    assert torch.equal(lazy.images[2:6], eager.images[2:6])
+    assert lazy.images.shape == tuple(eager.images.shape)

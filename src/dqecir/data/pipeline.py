@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from dqecir.data.types import CIRSplit, Query
@@ -33,12 +34,39 @@ def query_texts(q: Query, train: bool, random_order: bool = True) -> list[str]:
     return [joined, " and ".join(reversed(texts))]
 
 
+class LazyRows:
+    """Rows of a memory-mapped feature array, read (and cast to float32) only when indexed.
+
+    Stands in for an in-memory tensor where the frozen features do not fit in memory (the
+    BLIP-2 ViT tokens: about 700 KiB per image)."""
+
+    def __init__(self, array: np.ndarray, rows: np.ndarray) -> None:
+        self.array = array
+        self.rows = rows  # table row -> row of ``array``
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (len(self.rows), *self.array.shape[1:])
+
+    def __getitem__(self, idx: torch.Tensor | slice | list[int]) -> torch.Tensor:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.cpu().numpy()
+        src = self.rows[idx]
+        order = np.argsort(src, kind="stable")  # sequential reads from the memory map
+        out = np.empty((len(src), *self.array.shape[1:]), dtype=np.float32)
+        out[order] = self.array[src[order]]
+        return torch.from_numpy(out)
+
+
 @dataclass
 class FeatureTable:
     """Frozen features of a set of images and a set of texts, with id -> row maps."""
 
     image_ids: list[str]
-    images: torch.Tensor
+    images: torch.Tensor | LazyRows
     texts: list[str]
     text_feats: dict[str, torch.Tensor]
     image_row: dict[str, int] = field(init=False)
@@ -83,9 +111,13 @@ def build_features(
     cache_dir: Path,
     device: torch.device,
     batch_size: int = 64,
+    max_memory_gb: float = 4.0,
 ) -> FeatureTable:
     """Frozen image and text features for every image and query text of ``splits``, through
-    the on-disk cache in ``cache_dir`` (computed once per image / text and backbone)."""
+    the on-disk cache in ``cache_dir`` (computed once per image / text and backbone).
+
+    Image features are loaded into memory (float32) when they take at most ``max_memory_gb``;
+    larger ones stay memory-mapped and are read per batch."""
     from dqecir.data.features import IMAGE_FIELD, FeatureCache
 
     ids: dict[str, Path] = {}
@@ -99,9 +131,13 @@ def build_features(
                 texts.setdefault(t)
     image_ids = list(ids)
     cache = FeatureCache(cache_dir)
-    images = cache.image_features(
-        backbone, image_ids, ids, batch_size=batch_size, device=device
-    ).get(image_ids)[IMAGE_FIELD]
+    stored = cache.image_features(backbone, image_ids, ids, batch_size=batch_size, device=device)
+    arr = stored.arrays[IMAGE_FIELD]
+    n_bytes = 4 * len(image_ids) * int(np.prod(arr.shape[1:]))
+    if n_bytes <= max_memory_gb * 2**30:
+        images: torch.Tensor | LazyRows = stored.get(image_ids)[IMAGE_FIELD]
+    else:
+        images = LazyRows(arr, stored.rows(image_ids))
     text_list = list(texts)
     text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(text_list)
     return FeatureTable(image_ids, images, text_list, text_feats)
