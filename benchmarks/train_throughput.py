@@ -63,8 +63,12 @@ def run_mode(mode: str, root: Path, fusion: str, steps: int, batch: int, threads
             tf = {k: v[b] for k, v in tt.items()}
             return ref, tgt, tf
         pre = bb.preprocess
-        ref = bb.image_features(torch.stack([load_tensor(split.image_paths[q.reference], pre) for q in bq]))
-        tgt = bb.image_features(torch.stack([load_tensor(split.image_paths[q.target], pre) for q in bq]))
+        ref = bb.image_features(
+            torch.stack([load_tensor(split.image_paths[q.reference], pre) for q in bq])
+        )
+        tgt = bb.image_features(
+            torch.stack([load_tensor(split.image_paths[q.target], pre) for q in bq])
+        )
         tf = bb.text_features([texts[i] for i in b])
         return ref, tgt, tf
 

@@ -32,7 +32,9 @@ def main() -> None:
     recs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
     trns = {r["epoch"]: r for r in recs if r["event"] == "trns"}
     epochs = [r for r in recs if r["event"] == "epoch"]
-    print(f"| epoch | epoch s | TRNS pool s | TRNS score+select s | TRNS total s | share | zone median |")
+    print(
+        "| epoch | epoch s | TRNS pool s | TRNS score+select s | TRNS total s | share | zone median |"
+    )
     print("|---|---|---|---|---|---|---|")
     shares = []
     for e in epochs:
@@ -46,7 +48,9 @@ def main() -> None:
               f"{t['seconds']:.2f} | {t['total_seconds']:.2f} | {100 * share:.1f} % | "
               f"{t['zone_median']:.0f} |")  # fmt: skip
     if shares:
-        print(f"\nmean TRNS share of an epoch: {100 * sum(shares) / len(shares):.1f} % (target <= 15 %)")
+        print(
+            f"\nmean TRNS share of an epoch: {100 * sum(shares) / len(shares):.1f} % (target <= 15 %)"
+        )
 
 
 if __name__ == "__main__":
