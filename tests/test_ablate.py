@@ -14,6 +14,8 @@ def test_variant_overrides_switch_the_parts():
     base = load_config(CONFIG)
     cfgs = {v: load_config(CONFIG, variant_overrides(base, v)) for v in VARIANTS}
     assert cfgs["baseline"].model.attribute_weights == "none" and not cfgs["baseline"].trns.enabled
+    assert not cfgs["baseline"].loss.mask_batch_gt and cfgs["baseline+mask"].loss.mask_batch_gt
+    assert not cfgs["baseline+mask"].trns.enabled
     assert cfgs["+AW"].model.attribute_weights != "none" and cfgs["+AW"].loss.w_attr > 0
     assert cfgs["+TRNS"].trns.enabled and cfgs["+TRNS"].loss.w_kl > 0
     assert cfgs["+TRNS"].model.attribute_weights == "none"

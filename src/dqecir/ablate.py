@@ -2,7 +2,11 @@
 
 The config file describes the full method; the variants switch its parts off:
 
-- ``baseline``: ``L_itc`` only (no attribute weights, no TRNS, ``L_kl = L_rank = L_attr = 0``);
+- ``baseline``: ``L_itc`` only, SPRC-style: the annotated target is the only positive, every other
+  in-batch target a negative (no attribute weights, no TRNS, ``L_kl = L_rank = L_attr = 0``);
+- ``baseline+mask``: the same, but another query's target that is an annotated ground truth of
+  this query is not used as its negative (``loss.mask_batch_gt``, the "never negatives" rule of
+  TRNS applied in-batch; part of the method, shown apart so its share of the gain is visible);
 - ``+AW``: attribute weights and ``L_attr``;
 - ``+TRNS``: TRNS negatives with ``L_kl`` and ``L_rank``;
 - ``full``: both.
@@ -27,7 +31,7 @@ from dqecir.config import Config, load_config
 
 log = logging.getLogger(__name__)
 
-VARIANTS = ["baseline", "+AW", "+TRNS", "full"]
+VARIANTS = ["baseline", "baseline+mask", "+AW", "+TRNS", "full"]
 TABLE_METRICS = ["map@5", "map@10", "map@25", "map@50", "recall@1", "recall@5", "recall@10",
                  "recall@50", "recall_subset@1", "recall_subset@2", "avg"]  # fmt: skip
 
@@ -43,11 +47,13 @@ def variant_overrides(cfg: Config, variant: str) -> list[str]:
     on_aw = [f"model.attribute_weights={aw}", f"loss.w_attr={w_attr}"]
     off_trns = ["trns.enabled=false", "loss.w_kl=0.0", "loss.w_rank=0.0"]
     on_trns = ["trns.enabled=true", f"loss.w_kl={w_kl}", f"loss.w_rank={w_rank}"]
+    mask = [f"loss.mask_batch_gt={str(cfg.loss.mask_batch_gt).lower()}"]
     table = {
-        "baseline": off_aw + off_trns,
-        "+AW": on_aw + off_trns,
-        "+TRNS": off_aw + on_trns,
-        "full": on_aw + on_trns,
+        "baseline": off_aw + off_trns + ["loss.mask_batch_gt=false"],
+        "baseline+mask": off_aw + off_trns + ["loss.mask_batch_gt=true"],
+        "+AW": on_aw + off_trns + mask,
+        "+TRNS": off_aw + on_trns + mask,
+        "full": on_aw + on_trns + mask,
     }
     if variant not in table:
         raise ValueError(f"unknown variant {variant!r}; known: {VARIANTS}")
