@@ -1,5 +1,7 @@
 """TRNS: exclusions, zone bounds, the fill rule, chunking and the schedule."""
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -52,9 +54,11 @@ def test_never_target_reference_or_gt_and_zone_rules(seed, zone, k, nt, dup):
         allowed = [j for j in range(pool.shape[0]) if j not in forbidden]
         if dup > 0:
             allowed = [j for j in allowed if float(pooled[targets[i]] @ pooled[j]) < dup]
-        if zone == "quantile":
-            vals = torch.tensor([float(delta[i, j]) for j in allowed])
-            lo, hi = torch.quantile(vals, 0.5), torch.quantile(vals, 0.9)
+        if zone == "quantile":  # nearest rank, rounded outwards (see sampling._zone_values)
+            vals = sorted((float(delta[i, j]) for j in allowed), reverse=True)
+            n = len(vals)
+            hi = torch.tensor(vals[math.floor((1 - 0.9) * (n - 1))])
+            lo = torch.tensor(vals[math.ceil((1 - 0.5) * (n - 1))])
         else:
             lo, hi = (-6.0, -0.5) if zone == "tau" else (-0.4, -0.05)
             lo, hi = torch.tensor(lo), torch.tensor(hi)

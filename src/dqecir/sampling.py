@@ -6,7 +6,8 @@ For training query ``i`` with target ``t_i`` and every pool candidate ``c_j``:
 ``delta_ij = s(q_i, c_j) - s(q_i, t_i)`` (the target relative similarity distribution). Candidates
 in the mid-zone ``low <= z_ij <= high`` are informative negatives: ``z`` is ``delta / tau``
 (``zone="tau"``, default: the bounds follow the sharpening temperature), ``delta`` itself
-(``zone="abs"``) or, with ``zone="quantile"``, the bounds are per-query quantiles of ``delta``.
+(``zone="abs"``) or, with ``zone="quantile"``, the bounds are per-query quantiles of ``delta``
+among the allowed candidates (nearest rank, rounded outwards: the band never comes out empty).
 Never negatives: the target, the reference, every annotated ground truth, and (when
 ``dup_threshold > 0``) near-duplicates of the target (``s_img(t_i, c_j) >= dup_threshold``).
 ``K`` negatives are drawn uniformly from the zone; a zone smaller than ``K`` is filled with the
@@ -76,9 +77,15 @@ def _zone_values(
         return delta / tau, delta.new_tensor(spec.zlow), delta.new_tensor(spec.zhigh)
     if spec.zone == "abs":
         return delta, delta.new_tensor(spec.low), delta.new_tensor(spec.high)
-    masked = delta.masked_fill(excluded, float("nan"))
-    lo = torch.nanquantile(masked, spec.qlow, dim=1, keepdim=True)
-    hi = torch.nanquantile(masked, spec.qhigh, dim=1, keepdim=True)
+    # Per-query band by rank among the allowed candidates (one sort, no nanquantile): the
+    # value at descending position (1 - q) * (n - 1), rounded outwards, is the bound.
+    n = (~excluded).sum(dim=1, keepdim=True).clamp(min=1)
+    hi_pos = torch.floor((1.0 - spec.qhigh) * (n - 1)).long()
+    lo_pos = torch.ceil((1.0 - spec.qlow) * (n - 1)).long()
+    k = int(lo_pos.max()) + 1  # only the top of each row is needed: topk, not a full sort
+    vals = delta.masked_fill(excluded, float("-inf")).topk(k, dim=1).values
+    hi = vals.gather(1, hi_pos)
+    lo = vals.gather(1, lo_pos)
     return delta, lo, hi
 
 
