@@ -56,12 +56,32 @@ def _naive(g: np.ndarray, q: torch.Tensor, k: int):
 def test_exact_matches_naive_across_chunks(dtype, nt):
     g, q = _gallery(257, nt, 16, dtype), _queries(5, 16)
     want_s, want_i = _naive(g, q, 7)
-    # tiny blocks and score buffers: many chunks and top-k merges
-    for block_bytes, score_bytes in ((64, 256), (1 << 20, 16 << 20)):
-        s, i = ExactEngine(g, block_bytes=block_bytes, score_bytes=score_bytes).search(q, 7)
+    # tiny blocks (down to one image per block): many blocks, each with its own top-k
+    for block_bytes in (64, 1000, 4 << 20):
+        s, i = ExactEngine(g, block_bytes=block_bytes).search(q, 7)
         assert s.dtype == torch.float32 and i.dtype == torch.int64
         assert torch.allclose(s, want_s, atol=1e-6)
         assert torch.equal(i, want_i)
+
+
+@pytest.mark.parametrize("nt", [1, 3])
+def test_exact_float16_single_query_path_and_its_fallback(nt):
+    g, q = _gallery(3000, nt, 32, np.float16), _queries(6, 32)
+    want_s, want_i = _naive(g, q, 10)
+    eng = ExactEngine(g, block_bytes=4096)  # several float16 blocks
+    for r in range(len(q)):
+        s, i = eng.search(q[r : r + 1], 10)
+        assert torch.equal(i, want_i[r : r + 1])
+        assert torch.allclose(s, want_s[r : r + 1], atol=1e-6)
+    assert eng.fallbacks == 0
+    # near-duplicates: float16 rounding cannot separate them, the upcast scan answers
+    base = torch.from_numpy(g[:1].astype(np.float32))
+    dup = F.normalize(base + 1e-4 * torch.randn(2000, nt, 32), dim=-1).numpy().astype(np.float16)
+    eng = ExactEngine(dup, block_bytes=4096)
+    s, i = eng.search(q[:1], 10)
+    want_s, want_i = _naive(dup, q[:1], 10)
+    assert eng.fallbacks == 1 and torch.allclose(s, want_s, atol=1e-6)
+    assert torch.equal(i, want_i)
 
 
 def test_exact_clips_k_and_accepts_one_query_vector():
