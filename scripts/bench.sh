@@ -9,4 +9,4 @@ $PY benchmarks/train_throughput.py --root "$DATA/fmnist-default/cirr"
 echo "== TRNS cost share of an epoch"
 $PY benchmarks/trns_cost.py --set "data.root=$DATA/fmnist-default/cirr"
 echo "== search engines"
-$PY benchmarks/search.py --quick
+OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md
