@@ -55,18 +55,25 @@ class MiningResult:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _exclusion_mask(
-    n_rows: int,
-    pool_size: int,
-    excluded: Sequence[Sequence[int]],
-    device: torch.device,
-) -> torch.Tensor:
-    mask = torch.zeros(n_rows, pool_size, dtype=torch.bool, device=device)
-    rows = [i for i, ex in enumerate(excluded) for _ in ex]
-    cols = [j for ex in excluded for j in ex]
-    if rows:
-        mask[torch.tensor(rows, device=device), torch.tensor(cols, device=device)] = True
-    return mask
+class Exclusions:
+    """Per-query candidate indices that are never negatives, stored flat (CSR) so that the mask
+    of any chunk of queries is built without Python loops. Build once, mine many times."""
+
+    def __init__(self, lists: Sequence[Sequence[int]]) -> None:
+        lengths = torch.tensor([len(x) for x in lists], dtype=torch.long)
+        self.offsets = torch.zeros(len(lists) + 1, dtype=torch.long)
+        self.offsets[1:] = lengths.cumsum(0)
+        self.cols = torch.tensor([j for x in lists for j in x], dtype=torch.long)
+        self.rows = torch.repeat_interleave(torch.arange(len(lists)), lengths)
+
+    def __len__(self) -> int:
+        return len(self.offsets) - 1
+
+    def mask(self, start: int, end: int, pool_size: int, device: torch.device) -> torch.Tensor:
+        a, b = int(self.offsets[start]), int(self.offsets[end])
+        m = torch.zeros(end - start, pool_size, dtype=torch.bool, device=device)
+        m[(self.rows[a:b] - start).to(device), self.cols[a:b].to(device)] = True
+        return m
 
 
 def _zone_values(
@@ -93,7 +100,7 @@ def mine_negatives(
     queries: torch.Tensor,
     pool: torch.Tensor,
     targets: torch.Tensor,
-    excluded: Sequence[Sequence[int]],
+    excluded: Sequence[Sequence[int]] | Exclusions,
     k: int,
     spec: ZoneSpec,
     tau: float,
@@ -109,7 +116,7 @@ def mine_negatives(
         pool: ``[P, Nt, D]`` (or ``[P, D]``) candidate embeddings as indexed.
         targets: ``[Q]`` pool index of each query's target.
         excluded: per query, pool indices that are never negatives (reference, annotated ground
-            truths; the target is always excluded).
+            truths; the target is always excluded), as lists or a prebuilt :class:`Exclusions`.
         k: negatives per query.
         spec: zone definition; ``tau``: the current temperature.
         dup_threshold: exclude candidates whose image similarity to the target is at least this
@@ -118,6 +125,8 @@ def mine_negatives(
     """
     t0 = time.perf_counter()
     n_q, n_p = queries.shape[0], pool.shape[0]
+    if not isinstance(excluded, Exclusions):
+        excluded = Exclusions(excluded)
     if len(excluded) != n_q or targets.shape[0] != n_q:
         raise ValueError("queries, targets and excluded must have the same length")
     if k <= 0:
@@ -136,7 +145,7 @@ def mine_negatives(
         rows = torch.arange(end - start, device=q.device)
         s = similarity(q, pool)  # [C, P]
         delta = s - s[rows, tgt].unsqueeze(1)
-        ex = _exclusion_mask(end - start, n_p, excluded[start:end], s.device)
+        ex = excluded.mask(start, end, n_p, s.device)
         ex[rows, tgt] = True
         if pool_pooled is not None:
             s_img = pool_pooled[tgt] @ pool_pooled.T

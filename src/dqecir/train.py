@@ -35,7 +35,7 @@ from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
 from dqecir.models.attribute import AttributeLoss, Lexicon
 from dqecir.models.backbones.base import pooled, similarity
 from dqecir.models.cir import CIRModel, build_model
-from dqecir.sampling import TRNSSchedule, ZoneSpec, mine_negatives
+from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
 
 log = logging.getLogger(__name__)
 
@@ -211,6 +211,13 @@ class Trainer:
         self.log = JsonlLog(self.out / "log.jsonl")
         # Ground-truth sets as a sparse lookup for the in-batch mask.
         self._gt_sets = [set(g) for g in self.queries.gts]
+        # TRNS never-negatives (reference + annotated ground truths), built once.
+        self._excluded = Exclusions(
+            [
+                sorted(g | {r})
+                for g, r in zip(self._gt_sets, self.queries.reference.tolist(), strict=True)
+            ]
+        )
         self._images = self.train_table.images  # kept on CPU; batches move to the device
 
     # -- helpers ---------------------------------------------------------------------
@@ -249,10 +256,6 @@ class Trainer:
             }
             qs.append(self.model.query(ref, tf)["q_star"].float())
         q = torch.cat(qs)
-        excluded = [
-            sorted(set(g) | {int(r)})
-            for g, r in zip(self.queries.gts, self.queries.reference.tolist(), strict=True)
-        ]
         gen = torch.Generator(device=self.device).manual_seed(
             self.cfg.train.seed * 1000 + self.state.trns_updates
         )
@@ -260,7 +263,7 @@ class Trainer:
             q,
             pool,
             self.queries.target.to(self.device),
-            excluded,
+            self._excluded,
             self.cfg.trns.k,
             self.zone,
             float(self.model.temperature().detach()),
