@@ -290,6 +290,10 @@ class LiteBackbone(Backbone):
         super().__init__()
         if fusion not in FUSIONS:
             raise ValueError(f"lite fusion must be one of {FUSIONS}, got {fusion!r}")
+        if fusion == "qformer" and num_layers < 2:
+            # Layer 1's self-attention runs before its cross-attention, so in a single layer the
+            # text [CLS] (the query) only sees queries that have not yet seen the image.
+            raise ValueError("lite qformer needs num_layers >= 2 for the query to see the image")
         if image_stage not in IMAGE_STAGES:
             raise ValueError(f"lite image_stage must be one of {IMAGE_STAGES}, got {image_stage!r}")
         self._config = dict(
