@@ -3,6 +3,11 @@
 ``train(config, out_dir)`` writes into ``out_dir``: ``config.yaml`` (the resolved config),
 ``log.jsonl`` (one JSON object per logged step, TRNS update and validation), ``last.safetensors``
 (after every epoch, for ``--resume``) and ``best.safetensors`` (best validation headline metric).
+
+Under ``torchrun`` (``WORLD_SIZE > 1``) the same loop runs data-parallel (:mod:`dqecir.distributed`):
+each process takes its slice of every global batch of ``batch_size * world`` queries, in-batch
+terms see every process's rows (gathered with gradients), TRNS pool scoring is split by query,
+gradients are averaged, and only rank 0 validates and writes files.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from dqecir.data.pipeline import (
     build_train_queries,
 )
 from dqecir.data.types import CIRSplit
+from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
 from dqecir.errors import CheckpointError
 from dqecir.evaluate import embed_gallery, merge_metrics, rank_split, score_split
 from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
@@ -149,6 +155,13 @@ class JsonlLog:
             f.write(json.dumps(record) + "\n")
 
 
+class NullLog:
+    """The log of a process that is not rank 0: records are dropped (rank 0 writes them)."""
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+
 # ---------------------------------------------------------------------------- the trainer
 @dataclass
 class TrainState:
@@ -161,16 +174,19 @@ class TrainState:
 
 
 class Trainer:
-    def __init__(self, cfg: Config, out_dir: Path) -> None:
+    def __init__(self, cfg: Config, out_dir: Path, dist: DistEnv | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
-        self.device = resolve_device(cfg.train.device)
+        self.dist = dist or DistEnv()
+        self.device = local_device(resolve_device(cfg.train.device), self.dist)
         self.amp = autocast_dtype(cfg.train.amp, self.device)
         if cfg.train.num_threads > 0:
             torch.set_num_threads(cfg.train.num_threads)
         seed_everything(cfg.train.seed)
-        ensure_data(cfg)
+        with self.dist.main_first():
+            ensure_data(cfg)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
+        self.dist.broadcast_parameters(self._trainable())
         self.lexicon = load_lexicon(cfg.data.lexicon)
         cache = (
             Path(cfg.data.cache_dir)
@@ -181,17 +197,21 @@ class Trainer:
         fb = cfg.train.feature_batch_size
         self.train_splits = load_splits(cfg, cfg.data.train_split)
         self.val_splits = load_splits(cfg, cfg.data.val_split)
-        self.train_table = build_features(
-            bb, self.train_splits, train=True, cache_dir=cache, device=self.device, batch_size=fb
-        )
-        self.val_table = build_features(
-            bb, self.val_splits, train=False, cache_dir=cache, device=self.device, batch_size=fb
-        )
+        with self.dist.main_first():  # the feature cache takes one writer at a time
+            self.train_table = build_features(
+                bb, self.train_splits, train=True, cache_dir=cache, device=self.device,
+                batch_size=fb,
+            )  # fmt: skip
+            self.val_table = build_features(
+                bb, self.val_splits, train=False, cache_dir=cache, device=self.device,
+                batch_size=fb,
+            )  # fmt: skip
         self.queries: TrainQueries = build_train_queries(
             self.train_splits, self.train_table, cfg.data.random_caption_order
         )
         self.text_labels = self._text_labels(self.train_table)
-        self.steps_per_epoch = math.ceil(len(self.queries) / cfg.train.batch_size)
+        self.batches = epoch_batches(len(self.queries), cfg.train.batch_size, self.dist.world)
+        self.steps_per_epoch = len(self.batches)  # ceil(queries / batch_size) in one process
         self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.opt = make_optimizer(self.model, cfg)
         self.sched = make_scheduler(self.opt, cfg, self.total_steps)
@@ -208,15 +228,17 @@ class Trainer:
         )  # fmt: skip
         self.negatives = torch.full((len(self.queries), cfg.trns.k), -1, dtype=torch.long)
         self.state = TrainState()
-        self.log = JsonlLog(self.out / "log.jsonl")
+        self.log = JsonlLog(self.out / "log.jsonl") if self.dist.is_main else NullLog()
         # Ground-truth sets as a sparse lookup for the in-batch mask.
         self._gt_sets = [set(g) for g in self.queries.gts]
-        # TRNS never-negatives (reference + annotated ground truths), built once.
+        # TRNS never-negatives (reference + annotated ground truths), built once, for the
+        # queries this process mines (all of them in a single process).
+        self._mine_rows = self.dist.share(len(self.queries))
         self._excluded = Exclusions(
             [
                 sorted(g | {r})
                 for g, r in zip(self._gt_sets, self.queries.reference.tolist(), strict=True)
-            ]
+            ][self._mine_rows]
         )
         self._images = self.train_table.images  # kept on CPU; batches move to the device
 
@@ -235,6 +257,9 @@ class Trainer:
     def _img(self, rows: torch.Tensor) -> torch.Tensor:
         return self._images[rows].to(self.device, non_blocking=True).float()
 
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
     def trns_active(self) -> bool:
         c = self.cfg
         return c.trns.enabled and (c.loss.w_kl > 0 or c.loss.w_rank > 0)
@@ -244,11 +269,14 @@ class Trainer:
     def mine(self) -> dict[str, float]:
         t0 = time.perf_counter()
         self.model.eval()
-        pool = embed_gallery(self.model, self._images, self.device, self.cfg.eval.batch_size)
+        d, mine = self.dist, self._mine_rows
+        images = self._images if not d.active else _Rows(self._images, d.share(len(self._images)))
+        pool = embed_gallery(self.model, images, self.device, self.cfg.eval.batch_size)
+        pool = d.gather_nograd(pool)  # every process holds the whole pool
         t_pool = time.perf_counter() - t0
-        qs = []
-        for i in range(0, len(self.queries), self.cfg.eval.batch_size):
-            sl = slice(i, i + self.cfg.eval.batch_size)
+        qs = []  # this process scores its share of the queries
+        for i in range(mine.start, mine.stop, self.cfg.eval.batch_size):
+            sl = slice(i, min(i + self.cfg.eval.batch_size, mine.stop))
             ref = self._img(self.queries.reference[sl])
             tf = {
                 k: v.to(self.device)
@@ -257,12 +285,12 @@ class Trainer:
             qs.append(self.model.query(ref, tf)["q_star"].float())
         q = torch.cat(qs)
         gen = torch.Generator(device=self.device).manual_seed(
-            self.cfg.train.seed * 1000 + self.state.trns_updates
+            self.cfg.train.seed * 1000 + self.state.trns_updates + 7919 * d.rank
         )
         res = mine_negatives(
             q,
             pool,
-            self.queries.target.to(self.device),
+            self.queries.target[mine].to(self.device),
             self._excluded,
             self.cfg.trns.k,
             self.zone,
@@ -271,11 +299,13 @@ class Trainer:
             chunk_size=self.cfg.trns.chunk_size,
             generator=gen,
         )
-        self.negatives = res.negatives
+        self.negatives = d.gather_nograd(res.negatives.to(self.device)).cpu()  # all queries
         self.state.trns_last_step = self.state.global_step
         self.state.trns_updates += 1
         self.model.train()
         stats = dict(res.stats)
+        if d.active:
+            stats = _merge_mining_stats(d.all_gather_objects((mine.stop - mine.start, stats)))
         stats["pool_seconds"] = t_pool
         stats["total_seconds"] = time.perf_counter() - t0
         return stats
@@ -288,8 +318,15 @@ class Trainer:
         tgt_tokens: torch.Tensor,
         tau: torch.Tensor,
         ignore: torch.Tensor | None,
+        offset: int = 0,
+        pooled_all: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """``L_kl`` and ``L_rank`` over each query's target and its current TRNS negatives."""
+        """``L_kl`` and ``L_rank`` over each query's target and its current TRNS negatives.
+
+        ``scores`` ``[B, N]``: this process's queries against the targets of the whole
+        (gathered) batch; query ``i``'s own target is column ``offset + i``. ``pooled_all``:
+        pooled targets of the whole batch (for ``kl_inbatch``; default: these ``B``).
+        """
         cfg = self.cfg
         negs = self.negatives[b]
         valid = (negs >= 0).to(self.device)
@@ -297,7 +334,7 @@ class Trainer:
         n_idx = self.model.to_index(neg_tokens).float()
         n_idx = n_idx.view(len(b), negs.shape[1], *n_idx.shape[1:])
         s_neg = torch.einsum("bd,bkld->bkl", q_star, n_idx).amax(-1)
-        s_pos = scores.diagonal()
+        s_pos = scores.diagonal(offset)
         out: dict[str, torch.Tensor] = {}
         if cfg.loss.w_kl > 0:
             # soft targets: how much each candidate looks like the target itself (s_img)
@@ -309,24 +346,46 @@ class Trainer:
             )
             kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
             if cfg.loss.kl_inbatch:
-                off = ~torch.eye(len(b), dtype=torch.bool, device=self.device)
+                cols = torch.arange(scores.shape[1], device=self.device)
+                own = offset + torch.arange(len(b), device=self.device)
+                off = cols.unsqueeze(0) != own.unsqueeze(1)
                 if ignore is not None:
                     off &= ~ignore
+                img_all = img_t if pooled_all is None else pooled_all
                 m_scores = torch.cat([m_scores, scores], 1)
-                i_scores = torch.cat([i_scores, img_t @ img_t.T], 1)
+                i_scores = torch.cat([i_scores, img_t @ img_all.T], 1)
                 kvalid = torch.cat([kvalid, off], 1)
             out.update(self.kl(m_scores, i_scores, tau, kvalid))
         if cfg.loss.w_rank > 0:
             unit = tau.detach() if cfg.loss.rank_margin_units == "tau" else 1.0
-            out.update(self.rank(s_pos, s_neg, cfg.loss.rank_margin * unit, valid))
+            rank = self.rank(s_pos, s_neg, cfg.loss.rank_margin * unit, valid)
+            out.update(self._over_all_slots(rank, valid, scores.shape[1]))
         return out
+
+    def _over_all_slots(
+        self, terms: dict[str, torch.Tensor], valid: torch.Tensor, n_all: int
+    ) -> dict[str, torch.Tensor]:
+        """Under torchrun: rescale terms that average over this process's valid negative slots
+        (``MarginRank``) so that the batch-share weighting of :meth:`_backward` makes them the
+        average over the slots of the whole batch, as in one process."""
+        if not self.dist.active:
+            return terms
+        mine = valid.sum().clamp(min=1).float()
+        every = self.dist.all_sum(valid.sum()).clamp(min=1).float()
+        factor = mine / every * n_all / len(valid)
+        return {k: v * factor for k, v in terms.items()}
 
     # -- one step ------------------------------------------------------------------------
     def step_losses(self, b: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Loss terms of the batch ``b`` (the global batch under torchrun: this process encodes
+        its share of the rows; the in-batch terms, ITC and the attribute loss, see the rows of
+        every process, gathered with gradients, and come out the same on every rank)."""
         cfg = self.cfg
         qz = self.queries
         choice = torch.randint(0, qz.text.shape[1], (len(b),), generator=gen)
-        trows = qz.text[b, choice]
+        b_all, trows_all, mine = b, qz.text[b, choice], self.dist.share(len(b))
+        b, trows = b_all[mine], trows_all[mine]
+        gather = self.dist.gather  # identity in a single process
         tf = {k: v.to(self.device) for k, v in self.train_table.text_batch(trows).items()}
         tau = self.model.temperature()
         terms: dict[str, torch.Tensor] = {}
@@ -335,25 +394,33 @@ class Trainer:
             tgt_tokens = self.model.gallery_tokens(self._img(qz.target[b]))
             tgt = self.model.to_index(tgt_tokens)
             q_star = qo["q_star"].float()
-            scores = similarity(q_star, tgt.float())
+            scores = similarity(gather(q_star), gather(tgt.float()))  # [B_all, B_all]
             ignore = None
             if cfg.loss.mask_batch_gt:
-                tg = qz.target[b].tolist()
+                tg = qz.target[b_all].tolist()
                 ignore = torch.tensor(
-                    [[t in self._gt_sets[i] for t in tg] for i in b.tolist()], device=self.device
+                    [[t in self._gt_sets[i] for t in tg] for i in b_all.tolist()],
+                    device=self.device,
                 )
             terms.update(self.itc(scores, tau, ignore))
             total = terms["itc"]
             if self.trns_active() and self.state.trns_updates > 0:
-                trns_terms = self.trns_terms(b, q_star, scores, tgt_tokens, tau, ignore)
+                pooled_all = None
+                if self.dist.active and cfg.loss.kl_inbatch:
+                    pooled_all = self.dist.gather_nograd(pooled(tgt_tokens.detach().float()))
+                trns_terms = self.trns_terms(
+                    b, q_star, scores[mine], tgt_tokens, tau,
+                    ignore[mine] if ignore is not None else None, mine.start, pooled_all,
+                )  # fmt: skip
                 terms.update(trns_terms)
                 total = total + cfg.loss.w_kl * trns_terms.get("kl", 0.0)
                 total = total + cfg.loss.w_rank * trns_terms.get("rank", 0.0)
             if self.model.aw is not None and cfg.loss.w_attr > 0:
-                labels = self.text_labels[trows].to(self.device)
+                labels = self.text_labels[trows_all].to(self.device)
+                t_pooled = gather(pooled(tgt_tokens.float()))
                 terms.update(
                     self.attr(
-                        self.model.aw, qo["h"], qo["q"], pooled(tgt_tokens.float()), labels, tau
+                        self.model.aw, gather(qo["h"]), gather(qo["q"]), t_pooled, labels, tau
                     )
                 )
                 total = total + cfg.loss.w_attr * terms["attr"]
@@ -362,6 +429,9 @@ class Trainer:
 
     # -- evaluation --------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
+        """Validation metrics (computed by rank 0, handed to every process)."""
+        if not self.dist.is_main:
+            return self.dist.broadcast_object(None)
         results = []
         for s in self.val_splits:
             r = rank_split(
@@ -370,11 +440,13 @@ class Trainer:
             )  # fmt: skip
             results.append((s, score_split(r)))
         self.model.train()
-        return merge_metrics(results)
+        return self.dist.broadcast_object(merge_metrics(results))
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, name: str, metrics: dict[str, float] | None = None) -> Path:
         path = self.out / name
+        if not self.dist.is_main:
+            return path
         meta = {
             "config": self.cfg.to_dict(),
             "preprocess": self.model.backbone.preprocess.to_dict(),
@@ -384,6 +456,7 @@ class Trainer:
             "python_rng": _py_rng_state(),
             "numpy_rng": _np_rng_state(),
             "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.dist.world,
         }
         save_checkpoint(
             path,
@@ -398,6 +471,13 @@ class Trainer:
     def resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
         saved = config_from_dict(ck.meta["config"])
+        world = int(ck.meta.get("world_size", 1))
+        if world != self.dist.world:
+            raise CheckpointError(
+                f"checkpoint {ck.path} was written by a run of {world} process(es), this one has "
+                f"{self.dist.world}: the global batch and the schedule would change; resume with "
+                f"{world} process(es) in all"
+            )
         for section in ("model", "data", "loss", "trns"):
             if getattr(saved, section) != getattr(self.cfg, section):
                 raise CheckpointError(
@@ -424,6 +504,17 @@ class Trainer:
             self.state.global_step,
         )
 
+    def _backward(self, loss: torch.Tensor, n_batch: int) -> None:
+        """Backward pass; under torchrun, each process's loss is weighted by its share of the
+        batch and gradients are averaged, so the update is the one-process update of the
+        whole batch (shares may differ by one row)."""
+        if not self.dist.active:
+            loss.backward()
+            return
+        share = _size(self.dist.share(n_batch))
+        (loss * (share * self.dist.world / n_batch)).backward()
+        self.dist.average_gradients(self._trainable())
+
     # -- the loop ----------------------------------------------------------------------
     def fit(self, stop_after_epoch: int = 0) -> Path:
         cfg = self.cfg
@@ -436,7 +527,7 @@ class Trainer:
             perm = torch.randperm(len(self.queries), generator=gen)
             bar = tqdm(
                 range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                leave=False, mininterval=1.0,
+                leave=False, mininterval=1.0, disable=not self.dist.is_main,
             )  # fmt: skip
             t_epoch = time.perf_counter()
             trns_seconds = 0.0
@@ -450,11 +541,11 @@ class Trainer:
                     trns_seconds += stats["total_seconds"]
                     self.log.write({"event": "trns", "epoch": epoch, "step": self.state.global_step,
                                     "tau": float(self.model.temperature().detach()), **stats})  # fmt: skip
-                b = perm[i * cfg.train.batch_size : (i + 1) * cfg.train.batch_size]
+                b = perm[slice(*self.batches[i])]
                 t0 = time.perf_counter()
                 terms = self.step_losses(b, gen)
                 self.opt.zero_grad(set_to_none=True)
-                terms["loss"].backward()
+                self._backward(terms["loss"], len(b))
                 if cfg.train.grad_clip > 0:
                     torch.nn.utils.clip_grad_norm_(
                         [p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip
@@ -464,6 +555,7 @@ class Trainer:
                 self.state.global_step += 1
                 dt = time.perf_counter() - t0
                 vals = {k: float(v.detach()) for k, v in terms.items()}
+                vals = self.dist.weighted_mean(vals, _size(self.dist.share(len(b))))
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_sums += 1
@@ -493,7 +585,7 @@ class Trainer:
                    "epoch_seconds": epoch_seconds, "trns_seconds": trns_seconds,
                    "train": means, "val": metrics}  # fmt: skip
             self.log.write(rec)
-            log.info(
+            (log.info if self.dist.is_main else log.debug)(
                 "epoch %d/%d loss %.4f val %s=%s (%.1fs)", self.state.epoch, cfg.train.epochs,
                 means.get("loss", float("nan")), headline, metrics.get(headline, "-"), epoch_seconds,
             )  # fmt: skip
@@ -509,6 +601,42 @@ class Trainer:
         if not (self.out / "best.safetensors").exists():
             self.save("best.safetensors")
         return last_path
+
+
+def _size(s: slice) -> int:
+    return s.stop - s.start
+
+
+class _Rows:
+    """Rows ``[start, stop)`` of a feature table (tensor or memory-mapped rows), sliced
+    lazily: what :func:`embed_gallery` needs of this process's share of the pool."""
+
+    def __init__(self, rows: Any, part: slice) -> None:
+        self.rows, self.part = rows, part
+
+    def __len__(self) -> int:
+        return _size(self.part)
+
+    def __getitem__(self, s: slice) -> torch.Tensor:
+        start, stop, _ = s.indices(len(self))
+        return self.rows[self.part.start + start : self.part.start + stop]
+
+
+def _merge_mining_stats(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
+    """One record from every process's TRNS statistics: query-weighted means (of medians and
+    quantiles too: an approximation), slot counts summed, times the slowest process's."""
+    total = sum(n for n, _ in parts) or 1
+    out: dict[str, float] = {}
+    for key in parts[0][1]:
+        vals = [(n, st[key]) for n, st in parts]
+        if key == "missing_slots":
+            out[key] = sum(v for _, v in vals)
+        elif key.endswith("seconds"):
+            out[key] = max(v for _, v in vals)
+        else:
+            out[key] = sum(n * v for n, v in vals) / total
+    out["processes"] = len(parts)
+    return out
 
 
 def _py_rng_state() -> list:
@@ -539,10 +667,15 @@ def train(cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch:
         if not last.exists():
             raise CheckpointError(f"--resume: {last} does not exist")
         cfg = config_from_dict(load_checkpoint(last).meta["config"])
-    else:
-        (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
-    (out / "config.yaml").write_text(cfg.to_yaml())
-    trainer = Trainer(cfg, out)
-    if resume:
-        trainer.resume(out / "last.safetensors")
-    return trainer.fit(stop_after_epoch=stop_after_epoch)
+    env = init_distributed(cfg.train.device)  # a single process unless under torchrun
+    try:
+        if env.is_main:
+            if not resume:
+                (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
+            (out / "config.yaml").write_text(cfg.to_yaml())
+        trainer = Trainer(cfg, out, dist=env)
+        if resume:
+            trainer.resume(out / "last.safetensors")
+        return trainer.fit(stop_after_epoch=stop_after_epoch)
+    finally:
+        shutdown(env)
