@@ -100,9 +100,28 @@ def _device(name: str) -> str:
     return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
 
 
+def _qdrant_options(args: argparse.Namespace) -> object:
+    """QdrantOptions from ``--url``, ``--collection``, ``--api-key-env`` (and, for the index
+    command, ``--qdrant-points``); the API key is read from the named environment variable."""
+    import os
+
+    from dqecir.engines import QdrantOptions
+
+    if not args.url:
+        raise SystemExit("--store qdrant needs --url (http://HOST:6333, a folder or :memory:)")
+    return QdrantOptions(
+        url=args.url,
+        api_key=os.environ.get(args.api_key_env) or None,
+        collection=args.collection,
+        points=getattr(args, "qdrant_points", "auto"),
+    )
+
+
 def _cmd_index(args: argparse.Namespace) -> int:
+    from dqecir.distributed import init_distributed, local_device, shutdown
     from dqecir.index import build_index
 
+    env = init_distributed(args.device)  # one shard per process under torchrun
     try:
         report = build_index(
             args.checkpoint,
@@ -110,28 +129,55 @@ def _cmd_index(args: argparse.Namespace) -> int:
             Path(args.out),
             batch_size=args.batch_size,
             dtype=args.dtype,
-            device=_device(args.device),
+            device=local_device(args.device, env),
             workers=args.workers,
             overwrite=args.overwrite,
+            dist=env,
+            keep_shards=args.keep_shards,
         )
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume into {args.out}", file=sys.stderr)
         raise
+    finally:
+        shutdown(env)
+    if not env.is_main:
+        return 0
     for bad in report.unreadable:
         print(f"unreadable image skipped: {bad['path']}: {bad['error']}", file=sys.stderr)
-    print(json.dumps(report.to_dict()))
+    out = report.to_dict()
+    if args.store == "qdrant":
+        from dqecir.engines import open_qdrant, upload_to_qdrant
+        from dqecir.index import load_index
+
+        options = _qdrant_options(args)
+        index = load_index(Path(args.out), verify=False)
+        out["qdrant"] = upload_to_qdrant(
+            index, open_qdrant(options), options, overwrite=args.overwrite
+        )
+    print(json.dumps(out))
     return 0
+
+
+def _engine(args: argparse.Namespace) -> tuple[str, object]:
+    """(engine name, options) of the search / serve commands."""
+    if args.store == "qdrant" or args.engine == "qdrant":
+        if args.engine not in ("exact", "qdrant"):
+            raise SystemExit(f"--store qdrant searches in Qdrant; drop --engine {args.engine}")
+        return "qdrant", _qdrant_options(args)
+    return args.engine, None
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from dqecir.data.images import load_tensor
     from dqecir.engines import Searcher
 
+    engine, options = _engine(args)
     searcher = Searcher.open(
         Path(args.index),
         checkpoint=args.checkpoint,
-        engine=args.engine,
+        engine=engine,
         device=_device(args.device),
+        options=options,
     )
     ref = Path(args.image)
     if not ref.is_file() and args.image in searcher.index:
@@ -151,6 +197,19 @@ def _cmd_search(args: argparse.Namespace) -> int:
 def _cmd_serve(args: argparse.Namespace) -> int:
     from dqecir.serve.app import serve
 
+    engine, options = _engine(args)
+    if options is not None:  # serve() takes no engine options: open the searcher here
+        import uvicorn
+
+        from dqecir.engines import Searcher
+        from dqecir.serve.app import create_app
+
+        searcher = Searcher.open(
+            Path(args.index), checkpoint=args.checkpoint, engine=engine,
+            device=_device(args.device), options=options,
+        )  # fmt: skip
+        uvicorn.run(create_app(args.index, searcher=searcher), host=args.host, port=args.port)
+        return 0
     serve(
         Path(args.index),
         host=args.host,
@@ -160,6 +219,18 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         device=_device(args.device),
     )
     return 0
+
+
+def _store_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store", choices=["local", "qdrant"], default="local",
+        help="qdrant: the vectors also live in (index) / are searched in (search, serve) Qdrant",
+    )  # fmt: skip
+    p.add_argument("--url", help="Qdrant: http(s)://HOST:6333, a local folder, or :memory:")
+    p.add_argument("--collection", help="Qdrant collection (default: one named after the index)")
+    p.add_argument(
+        "--api-key-env", default="QDRANT_API_KEY", help="environment variable with the API key"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -237,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     ix.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ix.add_argument("--workers", type=int, default=2, help="image decoding threads")
     ix.add_argument("--overwrite", action="store_true", help="replace an index built otherwise")
+    ix.add_argument(
+        "--keep-shards", action="store_true", help="under torchrun: keep the per-rank shards"
+    )
+    _store_arguments(ix)
+    ix.add_argument(
+        "--qdrant-points", choices=["auto", "image", "token"], default="auto",
+        help="one Qdrant point per image or per gallery token (auto: per image when Nt = 1)",
+    )  # fmt: skip
     ix.set_defaults(func=_cmd_index)
 
     se = sub.add_parser("search", help="search an index with a reference image and a text")
@@ -244,7 +323,10 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--image", required=True, help="reference image file, or an id of the index")
     se.add_argument("--text", required=True, help='the change, e.g. "make it red"')
     se.add_argument("-k", type=int, default=10)
-    se.add_argument("--engine", choices=["exact", "flat", "hnsw", "ivfpq"], default="exact")
+    se.add_argument(
+        "--engine", choices=["exact", "flat", "hnsw", "ivfpq", "qdrant"], default="exact"
+    )
+    _store_arguments(se)
     se.add_argument("--checkpoint", help="default: the one the index manifest names")
     se.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     se.add_argument(
@@ -259,7 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", required=True, help="index folder")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument("--engine", choices=["exact", "flat", "hnsw", "ivfpq"], default="exact")
+    sv.add_argument(
+        "--engine", choices=["exact", "flat", "hnsw", "ivfpq", "qdrant"], default="exact"
+    )
+    _store_arguments(sv)
     sv.add_argument("--checkpoint", help="default: the one the index manifest names")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     sv.set_defaults(func=_cmd_serve)

@@ -17,6 +17,13 @@ they are collected (id, path, error) into the manifest and the build report.
 Loading (:func:`load_index`) checks the manifest (format, version, shapes, dtype, count), the
 size and sha256 of every data file, and, when a checkpoint is given, that it is the one the
 index was built with; any mismatch is a :class:`~dqecir.errors.CheckpointError`.
+
+Under ``torchrun`` (:func:`build_index` with an active :class:`~dqecir.distributed.DistEnv`)
+every process embeds a contiguous share of the sorted listing into its own shard,
+``INDEX/shards/rank-RRRRR-of-WWWWW/`` (a complete index of its share, resumable like any
+build), then rank 0 merges the shards in rank order into the layout above, whose manifest
+lists them under ``shards``: rows, ids and files are those a single process would write. The
+shard folders are removed after the merge unless ``keep_shards``.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ from tqdm.auto import tqdm
 
 from dqecir.checkpoint import atomic_write
 from dqecir.data.images import load_tensor
-from dqecir.errors import CheckpointError, DataError
+from dqecir.distributed import DistEnv
+from dqecir.errors import CheckpointError, DataError, DqecirError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,7 @@ MANIFEST = "manifest.json"
 IDS = "ids.json"
 EMBEDDINGS = "embeddings.npy"
 BUILD = "build"
+SHARDS = "shards"
 PROGRESS = "progress.json"
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
 DTYPES = ("float16", "float32")
@@ -348,6 +357,9 @@ def build_index(
     workers: int = 2,
     overwrite: bool = False,
     progress: bool = True,
+    ids: Sequence[str] | None = None,
+    dist: DistEnv | None = None,
+    keep_shards: bool = False,
 ) -> BuildReport:
     """Embed every image under ``images`` with the checkpoint's gallery side into ``out``.
 
@@ -357,7 +369,17 @@ def build_index(
 
     Args:
         workers: threads decoding images (0: decode in this thread).
+        ids: the image ids to index (default: every image under ``images``, sorted).
+        dist: under torchrun, this process's place: each process embeds its shard, rank 0
+            merges (see the module docstring); every process returns the merged report.
+        keep_shards: keep the shard folders after a sharded build's merge.
     """
+    if dist is not None and dist.active:
+        return _build_sharded(
+            checkpoint, images, out, dist, keep_shards=keep_shards, batch_size=batch_size,
+            dtype=dtype, device=device, chunk_size=chunk_size, workers=workers,
+            overwrite=overwrite, progress=progress, ids=ids,
+        )  # fmt: skip
     from dqecir.models.cir import load_model
 
     if dtype not in DTYPES:
@@ -368,7 +390,7 @@ def build_index(
     out, images = Path(out), Path(images).resolve()
     ck = resolve_checkpoint(checkpoint)
     ck_sha = file_sha256(ck)
-    ids = list_images(images)
+    ids = list(ids) if ids is not None else list_images(images)
     if not ids:
         raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found", file=images)
     done = _existing_index(out, ck_sha, images, ids, dtype, overwrite)
@@ -625,3 +647,150 @@ def _manifest(
         "files": files,
         "unreadable": unreadable,
     }
+
+
+# ---- sharded build (torchrun) ---------------------------------------------------------
+def shard_dir(out: Path, rank: int, world: int) -> Path:
+    return Path(out) / SHARDS / f"rank-{rank:05d}-of-{world:05d}"
+
+
+def _everyone(dist: DistEnv, what: str, fn: Callable[[], Any]) -> Any:
+    """Run ``fn`` here and tell every process whether it failed anywhere: a failure on one
+    process becomes the same error on all of them (instead of the others waiting forever)."""
+    try:
+        result, error = fn(), None
+    except (DqecirError, OSError, ValueError) as e:
+        result, error = None, f"{type(e).__name__}: {e}"
+    errors = [e for e in dist.all_gather_objects(error) if e is not None]
+    if errors:
+        if error is not None:
+            raise CheckpointError(f"sharded index build, {what}: {error}")
+        raise CheckpointError(f"sharded index build, {what}, on another process: {errors[0]}")
+    return result
+
+
+def _build_sharded(
+    checkpoint: str | Path,
+    images: str | Path,
+    out: str | Path,
+    dist: DistEnv,
+    *,
+    keep_shards: bool,
+    ids: Sequence[str] | None,
+    overwrite: bool,
+    dtype: str,
+    **build: Any,
+) -> BuildReport:
+    start = time.perf_counter()
+    out, images = Path(out), Path(images).resolve()
+
+    def plan() -> tuple[list[str], str]:
+        listing = list(ids) if ids is not None else list_images(images)
+        if len(listing) < dist.world:
+            raise DataError(
+                f"{len(listing)} image(s) cannot be shared by {dist.world} processes", file=images
+            )
+        return listing, file_sha256(resolve_checkpoint(checkpoint))
+
+    listing, ck_sha = _everyone(dist, "listing the images", plan)
+    keys = dist.all_gather_objects(_key(listing))
+    if len(set(keys)) != 1:
+        raise DataError("the processes see different image listings (not a shared folder?)",
+                        file=images)  # fmt: skip
+
+    def up_to_date() -> BuildReport | None:  # rank 0 alone looks at (and clears) ``out``
+        return _existing_index(out, ck_sha, images, listing, dtype, overwrite)
+
+    done = _everyone(dist, "checking the output folder", up_to_date if dist.is_main else _none)
+    done = dist.broadcast_object(done)
+    if done is not None:
+        return done
+    mine = listing[dist.share(len(listing))]
+    shard = shard_dir(out, dist.rank, dist.world)
+
+    def embed() -> BuildReport:
+        return build_index(checkpoint, images, shard, ids=mine, dtype=dtype, overwrite=True,
+                           **{**build, "progress": build["progress"] and dist.is_main})  # fmt: skip
+
+    reports = dist.all_gather_objects(_everyone(dist, "embedding", embed))
+    shards = [shard_dir(out, r, dist.world) for r in range(dist.world)]
+
+    def merge() -> dict[str, Any]:
+        manifest = merge_shards(out, shards, listing)
+        if not keep_shards:
+            shutil.rmtree(out / SHARDS, ignore_errors=True)
+        return manifest
+
+    manifest = _everyone(dist, "merging", merge if dist.is_main else _none)
+    manifest = dist.broadcast_object(manifest)
+    return BuildReport(
+        index_dir=out,
+        count=int(manifest["count"]),
+        unreadable=manifest["unreadable"],
+        computed=sum(r.computed for r in reports),
+        reused=sum(r.reused for r in reports),
+        seconds=time.perf_counter() - start,
+        bytes_on_disk=_bytes_on_disk(out),
+        embed_seconds=max(r.embed_seconds for r in reports),
+    )
+
+
+def _none() -> None:
+    return None
+
+
+def merge_shards(out: str | Path, shards: Sequence[Path], listing: Sequence[str]) -> dict[str, Any]:
+    """Concatenate complete shard indexes (in order) into the index ``out``; returns its
+    manifest, which lists the shards. The shards must come from one checkpoint, dtype and
+    images folder and hold, in order, the images of ``listing`` (unreadable ones reported)."""
+    out = Path(out)
+    parts = [load_index(s) for s in shards]
+    first = parts[0].manifest
+    same = ("checkpoint", "images_root", "dtype", "dim", "tokens", "model", "preprocess")
+    for part in parts[1:]:
+        for key in same:
+            if part.manifest[key] != first[key]:
+                raise CheckpointError(
+                    f"shard {part.root}: its {key} differs from shard {parts[0].root}'s"
+                )
+    ids = [i for part in parts for i in part.ids]
+    unreadable = [u for part in parts for u in part.unreadable]
+    expected = set(listing) - {u["id"] for u in unreadable}
+    if ids != [i for i in listing if i in expected]:
+        raise CheckpointError(f"index {out}: the shards do not hold the listing in order")
+    tmp = out / f".{EMBEDDINGS}.tmp"
+    shape = (len(ids), int(first["tokens"]), int(first["dim"]))
+    emb = np.lib.format.open_memmap(tmp, mode="w+", dtype=first["dtype"], shape=shape)
+    pos = 0
+    for part in parts:
+        for a in range(0, len(part), 65536):  # bounded memory whatever the shard size
+            rows = part.embeddings[a : a + 65536]
+            emb[pos : pos + len(rows)] = rows
+            pos += len(rows)
+    emb.flush()
+    del emb
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    tmp.chmod(0o644)
+    os.replace(tmp, out / EMBEDDINGS)
+    _write_json(out / IDS, ids)
+    files = {
+        name: {"bytes": (out / name).stat().st_size, "sha256": file_sha256(out / name)}
+        for name in (EMBEDDINGS, IDS)
+    }
+    shard_list = [
+        {"dir": part.root.relative_to(out).as_posix(), "count": len(part),
+         "embeddings_sha256": part.manifest["files"][EMBEDDINGS]["sha256"]}
+        for part in parts
+    ]  # fmt: skip
+    manifest = {
+        **{k: first[k] for k in ("format", "version", *same)},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "listing_sha256": _key(list(listing)),
+        "count": len(ids),
+        "files": files,
+        "unreadable": unreadable,
+        "shards": shard_list,
+    }
+    _write_json(out / MANIFEST, manifest)
+    return manifest
