@@ -17,3 +17,6 @@ run base baseline+mask
 run trns_noguard +TRNS trns.dup_threshold=0.0
 run trns_guard95 +TRNS trns.dup_threshold=0.95
 run trns_guard90 +TRNS trns.dup_threshold=0.9
+# the upper zone bound as the guard: leave out the top 2-3 % of candidates (per query)
+run trns_q90_98 +TRNS trns.qlow=0.90 trns.qhigh=0.98
+run trns_q85_97 +TRNS trns.qlow=0.85 trns.qhigh=0.97
