@@ -114,6 +114,8 @@ def _qdrant_options(args: argparse.Namespace) -> object:
         api_key=os.environ.get(args.api_key_env) or None,
         collection=args.collection,
         points=getattr(args, "qdrant_points", "auto"),
+        shard_number=getattr(args, "qdrant_shards", None),
+        replication_factor=getattr(args, "qdrant_replicas", None),
     )
 
 
@@ -316,6 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--qdrant-points", choices=["auto", "image", "token"], default="auto",
         help="one Qdrant point per image or per gallery token (auto: per image when Nt = 1)",
     )  # fmt: skip
+    ix.add_argument("--qdrant-shards", type=int, help="shards of a new collection (cluster)")
+    ix.add_argument("--qdrant-replicas", type=int, help="replication factor of a new collection")
     ix.set_defaults(func=_cmd_index)
 
     se = sub.add_parser("search", help="search an index with a reference image and a text")
