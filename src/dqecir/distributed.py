@@ -124,6 +124,7 @@ class DistEnv:
             return values
         keys = sorted(values)
         t = torch.tensor([values[k] * weight for k in keys] + [weight], dtype=torch.float64)
+        t = t.to(_comm_device())
         dist.all_reduce(t)
         return {k: float(t[i] / t[-1]) for i, k in enumerate(keys)}
 
@@ -234,6 +235,13 @@ def local_device(name: str | torch.device, env: DistEnv) -> torch.device:
     if dev.type == "cuda" and dev.index is None and env.active:
         dev = torch.device("cuda", env.local_rank)
     return dev
+
+
+def _comm_device() -> torch.device:
+    """Where tensors of the process group's collectives must live (nccl: this process's GPU)."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
 
 
 def _is_cuda(device: str | torch.device) -> bool:
