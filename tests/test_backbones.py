@@ -249,3 +249,12 @@ def test_lite_image_only_baseline_is_the_frozen_reference() -> None:
     g = bb.encode_gallery(feats)
     assert torch.allclose(q, g[:, 0], atol=1e-6)
     assert torch.allclose(q, torch.nn.functional.normalize(feats.float().mean(1), dim=-1))
+
+
+def test_blip2_random_folder_sees_images(blip2_dir: Path) -> None:
+    """Different images must give different gallery tokens in the random test model."""
+    bb = create_backbone("blip2", model_dir=str(blip2_dir))
+    s = bb.preprocess.image_size
+    feats = bb.image_features(torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1)))
+    g = bb.encode_gallery(feats)
+    assert (g[0] - g[1]).abs().max() > 1e-3

@@ -288,7 +288,11 @@ def save_random_blip2(
         num_attention_heads=4,
     )  # fmt: skip
     config = Blip2Config(
-        vision_config=dict(**size, image_size=image_size, patch_size=patch_size),
+        # std 0.02: the default vision init (1e-10) gives every image the same ViT tokens,
+        # so a test could not catch an image-side bug
+        vision_config=dict(
+            **size, image_size=image_size, patch_size=patch_size, initializer_range=0.02
+        ),
         qformer_config=dict(
             **size,
             vocab_size=len(tokenizer),
