@@ -1,5 +1,7 @@
 """Config: YAML in, overrides, typed errors, resolved YAML round trip."""
 
+from pathlib import Path
+
 import pytest
 
 from dqecir.config import Config, ConfigError, config_from_dict, load_config
@@ -39,3 +41,14 @@ def test_missing_file_and_bad_override(tmp_path):
     with pytest.raises(ConfigError, match="section.key=value"):
         load_config(None, ["train.epochs"])
     assert load_config(None) == Config()
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")), ids=str
+)
+def test_every_shipped_config_loads(path):
+    from dqecir.registry import list_backbones
+
+    cfg = load_config(path)
+    assert cfg.model.backbone in list_backbones()
+    assert cfg.data.benchmark in ("cirr", "circo", "fashioniq")
