@@ -104,7 +104,8 @@ def markdown(summary: dict[str, dict[str, Any]], title: str, kinds: Sequence[str
         if any(k in summary[v] for v in variants):
             lines.append(f"| {k} | " + " | ".join(cell(v, k) for v in variants) + " |")
     for kind in kinds:
-        lines += ["", f"Query kind `{kind}`:", ""]
+        head = "Held-out attribute combinations" if kind == "heldout" else f"Query kind `{kind}`"
+        lines += ["", f"{head}:", ""]
         lines.append("| metric | " + " | ".join(variants) + " |")
         lines.append("|---|" + "---|" * len(variants))
         for k in TABLE_METRICS:
