@@ -32,6 +32,7 @@ CASES = [
     ("lite-qformer", "lite", {"fusion": "qformer"}),
     ("lite-combiner", "lite", {"fusion": "combiner"}),
     ("lite-sum", "lite", {"fusion": "sum"}),
+    ("lite-qformer-skip", "lite", {"fusion": "qformer", "width": 64, "image_skip": True}),
     ("blip2", "blip2", {"model_dir": "{blip2}"}),
 ]
 

@@ -142,6 +142,11 @@ class QFormerFusion(nn.Module):
     queries, the queries to the text and the image); the output at position ``Nq`` (the text
     ``[CLS]``) is ``h``, and ``normalise(query_proj(h))`` is ``q``. Gallery side: the queries
     alone (no text) through the same layers, ``normalise(gallery_proj(.))`` -> ``Nq`` tokens.
+
+    ``image_skip``: add a projection of the pooled image to both sides (the query gets its
+    reference's, every gallery token its image's), a direct path for the reference's identity that
+    a small fusion otherwise has to squeeze through ``Nq`` query tokens (measured in
+    docs/method.md; off reproduces the plain BLIP-2 structure).
     """
 
     def __init__(
@@ -155,9 +160,15 @@ class QFormerFusion(nn.Module):
         num_layers: int,
         num_heads: int,
         dropout: float,
+        image_skip: bool = False,
     ) -> None:
         super().__init__()
         self.num_queries = num_queries
+        self.skip = (
+            nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
+            if image_skip
+            else None
+        )
         self.image_in = nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, width))
         self.image_pos = nn.Parameter(torch.randn(num_image_tokens, width) * 0.02)
         self.text_in = nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, width))
@@ -180,9 +191,12 @@ class QFormerFusion(nn.Module):
             x = layer(x, pad, img, self.num_queries)
         return self.ln_out(x)
 
+    def _skip(self, image: torch.Tensor) -> torch.Tensor | float:
+        return self.skip(image.mean(1)).unsqueeze(1) if self.skip is not None else 0.0
+
     def gallery(self, image: torch.Tensor) -> torch.Tensor:
         out = self._run(image, None, None)
-        return F.normalize(self.gallery_proj(out), dim=-1)
+        return F.normalize(self.gallery_proj(out) + self._skip(image), dim=-1)
 
     def query(
         self, image: torch.Tensor, text: torch.Tensor, mask: torch.Tensor
@@ -196,7 +210,8 @@ class QFormerFusion(nn.Module):
         text, mask = text[:, :n], mask[:, :n]
         pad = torch.cat([mask.new_zeros(b, nq), ~mask], dim=1)
         h = self._run(image, text, pad)[:, nq]
-        return F.normalize(self.query_proj(h), dim=-1), h
+        q = self.query_proj(h) + (self._skip(image)[:, 0] if self.skip is not None else 0.0)
+        return F.normalize(q, dim=-1), h
 
 
 class CombinerFusion(nn.Module):
@@ -286,6 +301,7 @@ class LiteBackbone(Backbone):
         combiner_hidden: int = 512,
         dropout: float = 0.1,
         target_pad: float = 1.25,
+        image_skip: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -300,7 +316,7 @@ class LiteBackbone(Backbone):
             fusion=fusion, dim=dim, image_size=image_size, image_stage=image_stage,
             max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
             width=width, num_heads=num_heads, combiner_hidden=combiner_hidden,
-            dropout=dropout, target_pad=target_pad,
+            dropout=dropout, target_pad=target_pad, image_skip=image_skip,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         self.preprocess = Preprocess(
@@ -317,7 +333,16 @@ class LiteBackbone(Backbone):
         self.dim = dim
         if fusion == "qformer":
             self.fusion: nn.Module = QFormerFusion(
-                c_img, c_txt, n_img, dim, width, num_queries, num_layers, num_heads, dropout
+                c_img,
+                c_txt,
+                n_img,
+                dim,
+                width,
+                num_queries,
+                num_layers,
+                num_heads,
+                dropout,
+                image_skip=image_skip,
             )
             self.num_tokens, self.hidden_dim = num_queries, width
         elif fusion == "combiner":
