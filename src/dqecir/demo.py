@@ -35,7 +35,8 @@ class DemoModel:
 
 # The qformer is sized for the demo's time budget (docs/method.md, "Backbone sizes").
 QFORMER = ["model.backbone_kwargs.fusion=qformer", "model.backbone_kwargs.width=128",
-           "model.backbone_kwargs.num_layers=2", "model.backbone_kwargs.num_queries=4"]  # fmt: skip
+           "model.backbone_kwargs.num_layers=2", "model.backbone_kwargs.num_queries=4",
+           "model.backbone_kwargs.image_skip=true"]  # fmt: skip
 MODELS = [
     DemoModel("image-only (frozen, untrained)",
               ["model.backbone_kwargs.fusion=image_only", "train.epochs=0"]),  # fmt: skip
