@@ -76,24 +76,58 @@ class Exclusions:
         return m
 
 
-def _zone_values(
-    delta: torch.Tensor, excluded: torch.Tensor, spec: ZoneSpec, tau: float
+def _select_by_value(
+    delta: torch.Tensor,
+    excluded: torch.Tensor,
+    spec: ZoneSpec,
+    tau: float,
+    k: int,
+    generator: torch.Generator | None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Returns ``z`` and the per-row bounds (broadcastable) for the zone test."""
+    """Fixed bounds on ``delta / tau`` (``tau``) or ``delta`` (``abs``). Returns the chosen pool
+    indices ``[C, k]`` (-1 where none), the zone sizes and the counts above the zone."""
     if spec.zone == "tau":
-        return delta / tau, delta.new_tensor(spec.zlow), delta.new_tensor(spec.zhigh)
-    if spec.zone == "abs":
-        return delta, delta.new_tensor(spec.low), delta.new_tensor(spec.high)
-    # Per-query band by rank among the allowed candidates (one sort, no nanquantile): the
-    # value at descending position (1 - q) * (n - 1), rounded outwards, is the bound.
+        z, lo, hi = delta / tau, spec.zlow, spec.zhigh
+    else:
+        z, lo, hi = delta, spec.low, spec.high
+    ok = ~excluded
+    in_zone = ok & (z >= lo) & (z <= hi)
+    below = ok & (z < lo)
+    # Uniform sample from the zone (random keys in [2, 3)); then the nearest from below.
+    keys = torch.rand(z.shape, generator=generator, device=z.device)
+    key = torch.where(in_zone, keys + 2.0, torch.full_like(keys, -1.0))
+    key = torch.maximum(key, torch.where(below, torch.sigmoid(z), torch.full_like(keys, -1.0)))
+    vals, idx = key.topk(min(k, z.shape[1]), dim=1)
+    chosen = torch.where(vals >= 0, idx, torch.full_like(idx, -1))
+    return chosen, in_zone.sum(1), (ok & (z > hi)).sum(1)
+
+
+def _select_by_rank(
+    delta: torch.Tensor,
+    excluded: torch.Tensor,
+    spec: ZoneSpec,
+    k: int,
+    generator: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per-query quantile band by rank among the allowed candidates: descending positions
+    ``floor((1 - qhigh)(n - 1))`` to ``ceil((1 - qlow)(n - 1))`` (nearest rank, rounded outwards:
+    never empty). Only the top of each row is needed, so one ``topk`` replaces a sort, and the
+    sample is drawn among those few columns, not the whole pool."""
     n = (~excluded).sum(dim=1, keepdim=True).clamp(min=1)
     hi_pos = torch.floor((1.0 - spec.qhigh) * (n - 1)).long()
     lo_pos = torch.ceil((1.0 - spec.qlow) * (n - 1)).long()
-    k = int(lo_pos.max()) + 1  # only the top of each row is needed: topk, not a full sort
-    vals = delta.masked_fill(excluded, float("-inf")).topk(k, dim=1).values
-    hi = vals.gather(1, hi_pos)
-    lo = vals.gather(1, lo_pos)
-    return delta, lo, hi
+    width = min(delta.shape[1], int(lo_pos.max()) + 1 + k)  # the band + room to fill below
+    vals, idx = delta.masked_fill(excluded, float("-inf")).topk(width, dim=1)
+    pos = torch.arange(width, device=delta.device).unsqueeze(0)
+    valid = torch.isfinite(vals)
+    in_band = valid & (pos >= hi_pos) & (pos <= lo_pos)
+    below = valid & (pos > lo_pos)
+    keys = torch.rand(vals.shape, generator=generator, device=delta.device)
+    nearest = 1.0 - pos.float() / width  # below the band: nearest (smallest position) first
+    key = torch.where(in_band, keys + 2.0, torch.where(below, nearest, torch.full_like(keys, -1.0)))
+    kv, kidx = key.topk(min(k, width), dim=1)
+    chosen = torch.where(kv >= 0, idx.gather(1, kidx), torch.full_like(kidx, -1))
+    return chosen, in_band.sum(1), (valid & (pos < hi_pos)).sum(1)
 
 
 def mine_negatives(
@@ -152,22 +186,13 @@ def mine_negatives(
             dup = (s_img >= dup_threshold) & ~ex
             dup_excluded[start:end] = dup.sum(1).cpu()
             ex |= dup
-        z, lo, hi = _zone_values(delta, ex, spec, tau)
-        ok = ~ex
-        in_zone = ok & (z >= lo) & (z <= hi)
-        below = ok & (z < lo)
-        above[start:end] = (ok & (z > hi)).sum(1).cpu()
-        zone_sizes[start:end] = in_zone.sum(1).cpu()
-        # Uniform sample from the zone: random keys, zone members first.
-        keys = torch.rand(z.shape, generator=generator, device=z.device)
-        zone_key = torch.where(in_zone, keys + 2.0, torch.full_like(keys, -1.0))
-        # Fill from below: nearest to the zone first (largest z below the lower bound).
-        below_key = torch.where(below, torch.sigmoid(z.float()), torch.full_like(keys, -1.0))
-        key = torch.maximum(zone_key, below_key)
-        kk = min(k, n_p)
-        vals, idx = key.topk(kk, dim=1)
-        idx = torch.where(vals >= 0, idx, torch.full_like(idx, -1))
-        out[start:end, :kk] = idx.cpu()
+        if spec.zone == "quantile":
+            chosen, zone_n, above_n = _select_by_rank(delta, ex, spec, k, generator)
+        else:
+            chosen, zone_n, above_n = _select_by_value(delta, ex, spec, tau, k, generator)
+        out[start:end, : chosen.shape[1]] = chosen.cpu()
+        zone_sizes[start:end] = zone_n.cpu()
+        above[start:end] = above_n.cpu()
         filled[start:end] = (zone_sizes[start:end] < k).long()
     stats = {
         "zone_median": float(zone_sizes.float().median()),
