@@ -12,11 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from dqecir.config import load_config
-from dqecir.data.synthetic import make_benchmark
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, create_app
-from dqecir.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -30,20 +27,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory):
+def site(tmp_path_factory, tiny_trained):
     root = tmp_path_factory.mktemp("browser")
-    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.root={root / 'bench' / 'cirr'}",
-            f"data.cache_dir={root / 'cache'}",
-            "train.epochs=1",
-            "model.attribute_weights=gate",
-        ],
-    )
-    ck = train(cfg, root / "run")
-    images = root / "bench" / "cirr" / "test1"
+    ck, bench = tiny_trained
+    images = bench / "test1"
     build_index(ck, images, root / "index", progress=False)
     with BackgroundServer(create_app(root / "index")) as url:
         yield url, images

@@ -13,34 +13,20 @@ import torch
 import dqecir.index as index_mod
 from dqecir.checkpoint import load_checkpoint, save_checkpoint
 from dqecir.cli import main
-from dqecir.config import load_config
 from dqecir.data.images import load_tensor
-from dqecir.data.synthetic import make_benchmark
 from dqecir.engines import ExactEngine, Searcher
 from dqecir.errors import CheckpointError, DataError
 from dqecir.index import build_index, list_images, load_index
 from dqecir.models.cir import load_model
-from dqecir.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="no faiss")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tiny_trained):
     """(checkpoint, images folder) for a tiny model with attribute weights."""
-    root = tmp_path_factory.mktemp("idx")
-    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.root={root / 'bench' / 'cirr'}",
-            f"data.cache_dir={root / 'cache'}",
-            "train.epochs=1",
-            "model.attribute_weights=gate",
-        ],
-    )
-    return train(cfg, root / "run"), root / "bench" / "cirr"
+    return tiny_trained
 
 
 @pytest.fixture(scope="module")

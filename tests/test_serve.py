@@ -11,32 +11,19 @@ import httpx
 import pytest
 from PIL import Image
 
-from dqecir.config import load_config
 from dqecir.data.images import load_tensor
-from dqecir.data.synthetic import make_benchmark
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, Limits, create_app
-from dqecir.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 LIMITS = Limits(max_body_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20)
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def server(tmp_path_factory, tiny_trained):
     root = tmp_path_factory.mktemp("serve")
-    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
-    cfg = load_config(
-        CONFIG,
-        [
-            f"data.root={root / 'bench' / 'cirr'}",
-            f"data.cache_dir={root / 'cache'}",
-            "train.epochs=1",
-            "model.attribute_weights=gate",
-        ],
-    )
-    ck = train(cfg, root / "run")
-    images = root / "bench" / "cirr" / "test1"
+    ck, bench = tiny_trained
+    images = bench / "test1"
     build_index(ck, images, root / "index", progress=False)
     app = create_app(root / "index", limits=LIMITS)
     with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:

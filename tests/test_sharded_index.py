@@ -14,13 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from dqecir.config import load_config
 from dqecir.data.images import load_tensor
-from dqecir.data.synthetic import make_benchmark
 from dqecir.engines import ExactEngine, Searcher
 from dqecir.errors import CheckpointError
 from dqecir.index import build_index, list_images, load_index, merge_shards, shard_dir
-from dqecir.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 
@@ -36,13 +33,8 @@ def torchrun(args: list[str], nproc: int = 2, timeout: int = 120) -> subprocess.
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shard")
-    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
-    cfg = load_config(CONFIG, [f"data.root={root / 'bench' / 'cirr'}",
-                               f"data.cache_dir={root / 'cache'}", "train.epochs=1",
-                               "train.num_threads=1"])  # fmt: skip
-    return train(cfg, root / "run"), root / "bench" / "cirr"
+def trained(tiny_trained):
+    return tiny_trained
 
 
 def test_torchrun_shards_merge_into_the_single_process_index(trained, tmp_path):

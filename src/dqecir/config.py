@@ -207,12 +207,8 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ConfigError(
-            f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(names)}"
-        )
-    kwargs = {
-        k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()
-    }
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; known: {sorted(names)}")
+    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
     return cls(**kwargs)
 
 

@@ -38,8 +38,10 @@ QFORMER = ["model.backbone_kwargs.fusion=qformer", "model.backbone_kwargs.width=
            "model.backbone_kwargs.num_layers=2", "model.backbone_kwargs.num_queries=4",
            "model.backbone_kwargs.image_skip=true"]  # fmt: skip
 MODELS = [
-    DemoModel("image-only (frozen, untrained)",
-              ["model.backbone_kwargs.fusion=image_only", "train.epochs=0"]),  # fmt: skip
+    DemoModel(
+        "image-only (frozen, untrained)",
+        ["model.backbone_kwargs.fusion=image_only", "train.epochs=0"],
+    ),  # fmt: skip
     DemoModel("image+text sum (L_itc)", ["model.backbone_kwargs.fusion=sum"]),
     DemoModel("lite combiner (L_itc)", ["model.backbone_kwargs.fusion=combiner"]),
     DemoModel("lite qformer (L_itc)", QFORMER),

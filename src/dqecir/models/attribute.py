@@ -116,9 +116,7 @@ class Lexicon:
 
     def labels(self, text: str, attributes: Sequence[str]) -> list[float]:
         t = text.lower()
-        return [
-            float(any(p.search(t) for _, p in self._patterns.get(a, []))) for a in attributes
-        ]
+        return [float(any(p.search(t) for _, p in self._patterns.get(a, []))) for a in attributes]
 
     def value(self, text: str, attribute: str) -> str | None:
         t = text.lower()

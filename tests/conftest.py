@@ -1,0 +1,29 @@
+"""Fixtures shared by several test files."""
+
+from pathlib import Path
+
+import pytest
+
+from dqecir.config import load_config
+from dqecir.data.synthetic import make_benchmark
+from dqecir.train import train
+
+TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """``(checkpoint, CIRR-layout root)``: the tiny backbone with attribute weights, trained one
+    epoch on the tiny shapes benchmark. Shared read-only by the index / search / serve tests."""
+    root = tmp_path_factory.mktemp("tiny-trained")
+    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
+    cfg = load_config(
+        TINY_CONFIG,
+        [
+            f"data.root={root / 'bench' / 'cirr'}",
+            f"data.cache_dir={root / 'cache'}",
+            "train.epochs=1",
+            "model.attribute_weights=gate",
+        ],
+    )
+    return train(cfg, root / "run"), root / "bench" / "cirr"
