@@ -15,7 +15,6 @@ import pytest
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, create_app
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 

@@ -4,7 +4,6 @@ on a tiny checkpoint trained in the fixture."""
 import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +18,6 @@ from dqecir.errors import CheckpointError, DataError
 from dqecir.index import build_index, list_images, load_index
 from dqecir.models.cir import load_model
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 needs_faiss = pytest.mark.skipif(importlib.util.find_spec("faiss") is None, reason="no faiss")
 
 

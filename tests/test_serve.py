@@ -5,7 +5,6 @@ import io
 import struct
 import zlib
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import pytest
@@ -15,7 +14,6 @@ from dqecir.data.images import load_tensor
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, Limits, create_app
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 LIMITS = Limits(max_body_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20)
 
 

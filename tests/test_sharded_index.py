@@ -19,8 +19,6 @@ from dqecir.engines import ExactEngine, Searcher
 from dqecir.errors import CheckpointError
 from dqecir.index import build_index, list_images, load_index, merge_shards, shard_dir
 
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
-
 
 def torchrun(args: list[str], nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
     """``torchrun --standalone --nproc_per_node=N -m dqecir.cli ARGS`` (one thread each)."""
