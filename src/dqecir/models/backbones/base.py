@@ -181,3 +181,10 @@ def pooled(gallery: torch.Tensor) -> torch.Tensor:
     if gallery.dim() == 2:
         return gallery
     return nn.functional.normalize(gallery.mean(dim=1), dim=-1)
+
+
+def tokenize_padded(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    """Tokenise to a fixed length (cached text rows then all share one shape)."""
+    return tokenizer(
+        list(texts), padding="max_length", truncation=True, max_length=max_len, return_tensors="pt"
+    )

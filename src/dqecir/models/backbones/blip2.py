@@ -24,7 +24,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone, Preprocess
+from dqecir.models.backbones.base import Backbone, Preprocess, tokenize_padded
 from dqecir.registry import register_backbone
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -200,13 +200,7 @@ class Blip2Backbone(Backbone):
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``input_ids`` and ``attention_mask`` ``[B, max_text_len]`` (int64)."""
-        enc = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-        )
+        enc = tokenize_padded(self.tokenizer, texts, self.max_text_len)
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     # ---- trainable stage ----------------------------------------------------------

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone, Preprocess
+from dqecir.models.backbones.base import Backbone, Preprocess, tokenize_padded
 from dqecir.models.backbones.tiny import masked_mean
 from dqecir.registry import register_backbone
 
@@ -381,13 +381,7 @@ class LiteBackbone(Backbone):
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``tokens [B, max_text_len, 384]`` MiniLM states and ``mask [B, max_text_len]``."""
-        enc = self.tokenizer(
-            list(texts),
-            padding="max_length",
-            truncation=True,
-            max_length=self.max_text_len,
-            return_tensors="pt",
-        )
+        enc = tokenize_padded(self.tokenizer, texts, self.max_text_len)
         device = next(self.text_tower.parameters()).device
         enc = {k: v.to(device) for k, v in enc.items()}
         tokens = self.text_tower(**enc).last_hidden_state
