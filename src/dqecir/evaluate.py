@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from dqecir.data.pipeline import FeatureTable, query_texts
+from dqecir.data.pipeline import SplitFeatures, query_texts
 from dqecir.data.types import CIRSplit
 from dqecir.models.cir import CIRModel
 
@@ -52,7 +52,7 @@ def embed_gallery(
 def rank_split(
     model: CIRModel,
     split: CIRSplit,
-    table: FeatureTable,
+    table: SplitFeatures,
     device: torch.device,
     *,
     batch_size: int = 256,

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from dqecir.checkpoint import load_checkpoint, save_checkpoint
 from dqecir.config import Config, ConfigError, config_from_dict
 from dqecir.data.pipeline import (
-    FeatureTable,
+    SplitFeatures,
     TrainQueries,
     build_features,
     build_train_queries,
@@ -243,7 +243,7 @@ class Trainer:
         self._images = self.train_table.images  # kept on CPU; batches move to the device
 
     # -- helpers ---------------------------------------------------------------------
-    def _text_labels(self, table: FeatureTable) -> torch.Tensor:
+    def _text_labels(self, table: SplitFeatures) -> torch.Tensor:
         attrs = self.model.attributes
         if self.lexicon is None or not attrs:
             return torch.zeros(len(table.texts), max(1, len(attrs)))

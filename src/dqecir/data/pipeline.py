@@ -62,7 +62,7 @@ class LazyRows:
 
 
 @dataclass
-class FeatureTable:
+class SplitFeatures:
     """Frozen features of a set of images and a set of texts, with id -> row maps."""
 
     image_ids: list[str]
@@ -112,7 +112,7 @@ def build_features(
     device: torch.device,
     batch_size: int = 64,
     max_memory_gb: float = 4.0,
-) -> FeatureTable:
+) -> SplitFeatures:
     """Frozen image and text features for every image and query text of ``splits``, through
     the on-disk cache in ``cache_dir`` (computed once per image / text and backbone).
 
@@ -140,12 +140,12 @@ def build_features(
         images = LazyRows(arr, stored.rows(image_ids))
     text_list = list(texts)
     text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(text_list)
-    return FeatureTable(image_ids, images, text_list, text_feats)
+    return SplitFeatures(image_ids, images, text_list, text_feats)
 
 
 @dataclass
 class TrainQueries:
-    """Training queries as index tensors into a :class:`FeatureTable`."""
+    """Training queries as index tensors into a :class:`SplitFeatures`."""
 
     qids: list[str]
     reference: torch.Tensor  # [Q] image rows
@@ -158,7 +158,7 @@ class TrainQueries:
 
 
 def build_train_queries(
-    splits: Sequence[CIRSplit], table: FeatureTable, random_order: bool = True
+    splits: Sequence[CIRSplit], table: SplitFeatures, random_order: bool = True
 ) -> TrainQueries:
     """The TRNS candidate pool is every image of ``table`` (build it from the training splits
     alone: the split's gallery, every image appearing as reference or target)."""
