@@ -18,11 +18,7 @@ from dqecir.serve.app import BackgroundServer, create_app
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
-webdriver = pytest.importorskip("selenium.webdriver")
-pytestmark = pytest.mark.skipif(
-    not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()),
-    reason="Debian chromium + chromedriver not installed (make system-deps)",
-)
+from selenium import webdriver  # noqa: E402  (dev dependency)
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +33,11 @@ def site(tmp_path_factory, tiny_trained):
 
 @pytest.fixture(scope="module")
 def browser():
+    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+        pytest.fail(
+            "Debian chromium + chromium-driver are not installed: run `make system-deps` "
+            "(or apt-get install chromium chromium-driver)"
+        )
     from selenium.webdriver.chrome.options import Options
     from selenium.webdriver.chrome.service import Service
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import qdrant_client  # noqa: E402,F401  (dqecir[qdrant]: a missing install fails, never skips)
 import torch
 
 from dqecir.cli import main
@@ -27,7 +28,6 @@ from dqecir.errors import DqecirError
 from dqecir.index import Index
 from dqecir.train import train
 
-pytest.importorskip("qdrant_client")
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 
 
