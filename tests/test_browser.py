@@ -8,17 +8,12 @@ docs/screenshot-search.png is made: ``DQECIR_SCREENSHOT=docs/screenshot-search.p
 
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, create_app
-
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-
-from selenium import webdriver  # noqa: E402  (dev dependency)
+from dqecir.serve.browser import chromium_driver, open_page, search_on_page, wait
 
 
 @pytest.fixture(scope="module")
@@ -33,59 +28,20 @@ def site(tmp_path_factory, tiny_trained):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
-        pytest.fail(
-            "Debian chromium + chromium-driver are not installed: run `make system-deps` "
-            "(or apt-get install chromium chromium-driver)"
-        )
-    from selenium.webdriver.chrome.options import Options
-    from selenium.webdriver.chrome.service import Service
-
-    opts = Options()
-    opts.binary_location = CHROMIUM
-    for arg in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--window-size=1280,1200",
-    ):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
-    driver.set_page_load_timeout(30)
+    driver = chromium_driver()
     yield driver
     driver.quit()
-
-
-def _wait(driver, condition, timeout=20):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout).until(condition)
-
-
-def _results_loaded(driver):
-    return driver.execute_script(
-        "const imgs = [...document.querySelectorAll('#results .result img')];"
-        "return imgs.length > 0 && imgs.every(i => i.complete && i.naturalWidth > 0)"
-        " ? imgs.length : 0;"
-    )
 
 
 def test_upload_type_and_see_results(site, browser, tmp_path):
     from selenium.webdriver.common.by import By
 
     url, images = site
-    browser.get(url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples img")) > 0)
-    # pick an index image, then replace it by an upload: both paths of the page
+    open_page(browser, url)
+    # pick an index image first: the upload below must replace it (both paths of the page)
     browser.find_elements(By.CSS_SELECTOR, "#examples img")[2].click()
     upload = sorted(images.glob("*.png"))[5]
-    browser.find_element(By.ID, "file-input").send_keys(str(upload))
-    _wait(browser, lambda d: d.find_element(By.ID, "reference-name").text == upload.name)
-    browser.find_element(By.ID, "text-input").send_keys("make it red and round")
-    browser.find_element(By.ID, "search-button").click()
-    count = _wait(browser, _results_loaded)
+    count = search_on_page(browser, upload, "make it red and round")
     assert count == 10
     assert browser.find_element(By.ID, "error").get_attribute("class").count("hidden") == 1
     bars = browser.find_elements(By.CSS_SELECTOR, "#relevance .bar")
@@ -103,13 +59,13 @@ def test_page_shows_server_errors(site, browser, tmp_path):
 
     url, _ = site
     browser.get(url + "/")
-    _wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples img")) > 0)
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples img")) > 0)
     browser.find_element(By.ID, "search-button").click()  # no reference, no text
     err = browser.find_element(By.ID, "error")
-    _wait(browser, lambda d: "reference" in err.text)
+    wait(browser, lambda d: "reference" in err.text)
     bad = tmp_path / "not-an-image.png"
     bad.write_text("not an image")
     browser.find_element(By.ID, "file-input").send_keys(str(bad))
     browser.find_element(By.ID, "text-input").send_keys("make it blue")
     browser.find_element(By.ID, "search-button").click()
-    _wait(browser, lambda d: "not a usable image" in err.text)
+    wait(browser, lambda d: "not a usable image" in err.text)
