@@ -71,11 +71,13 @@ class LossConfig:
     tau_soft: float = 0.05
     kl_inbatch: bool = False
     """Add the in-batch targets to the KL candidate set."""
-    rank_margin: float = 2.0
+    rank_margin: float = 6.0
     rank_margin_units: str = "tau"
     """tau: margin in units of the current temperature (margin * tau); abs: cosine units."""
     attr_bce: float = 1.0
-    attr_nce: float = 1.0
+    attr_nce: float = 0.0
+    """The per-attribute in-batch InfoNCE of L_attr; off by default: it hurt on val
+    (docs/method.md)."""
     attr_value: float = 0.0
 
 
@@ -87,14 +89,17 @@ class TRNSConfig:
     interval_unit: str = "epoch"
     """epoch | step."""
     k: int = 16
-    zone: str = "tau"
-    """tau: bounds on delta/tau; abs: bounds on delta; quantile: per-query quantile band."""
+    zone: str = "quantile"
+    """quantile: per-query rank band (default, chosen on val: docs/method.md); tau: bounds on
+    delta/tau; abs: bounds on delta."""
     zlow: float = -8.0
     zhigh: float = -0.5
     low: float = -0.25
     high: float = -0.02
-    qlow: float = 0.90
-    qhigh: float = 0.99
+    qlow: float = 0.97
+    qhigh: float = 0.998
+    """Data that annotates one target per query (FashionIQ, CIRR) wants a lower upper bound
+    as its false-negative guard, e.g. [0.90, 0.98] (docs/method.md)."""
     dup_threshold: float = 0.0
     """Exclude candidates whose image similarity to the target is >= this (0 disables)."""
     chunk_size: int = 1024

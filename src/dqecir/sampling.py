@@ -23,18 +23,21 @@ from dataclasses import dataclass, field
 
 import torch
 
+from dqecir.config import TRNSConfig
 from dqecir.models.backbones.base import pooled, similarity
 
 
 @dataclass
 class ZoneSpec:
-    zone: str = "tau"
-    zlow: float = -8.0
-    zhigh: float = -0.5
-    low: float = -0.25
-    high: float = -0.02
-    qlow: float = 0.90
-    qhigh: float = 0.99
+    """The mid-zone; defaults are the config's (:class:`dqecir.config.TRNSConfig`)."""
+
+    zone: str = TRNSConfig.zone
+    zlow: float = TRNSConfig.zlow
+    zhigh: float = TRNSConfig.zhigh
+    low: float = TRNSConfig.low
+    high: float = TRNSConfig.high
+    qlow: float = TRNSConfig.qlow
+    qhigh: float = TRNSConfig.qhigh
 
     def __post_init__(self) -> None:
         if self.zone not in ("tau", "abs", "quantile"):
