@@ -10,15 +10,13 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from torchrun_helper import torchrun
 
 from dqecir.checkpoint import load_checkpoint
 from dqecir.config import load_config
@@ -89,16 +87,6 @@ def bench(tmp_path_factory):
     out = tmp_path_factory.mktemp("shapes")
     make_benchmark("shapes", out, seed=0, size="tiny")
     return out
-
-
-def torchrun(args: list[str], nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=N -m dqecir.cli ARGS`` (one thread each)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "dqecir.cli", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
 
 
 def _steps(run: Path) -> list[dict]:

@@ -4,30 +4,18 @@ the single-process index of the same images (same ids, same bytes, same search r
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from torchrun_helper import torchrun
 
 from dqecir.data.images import load_tensor
 from dqecir.engines import ExactEngine, Searcher
 from dqecir.errors import CheckpointError
 from dqecir.index import build_index, list_images, load_index, merge_shards, shard_dir
-
-
-def torchrun(args: list[str], nproc: int = 2, timeout: int = 120) -> subprocess.CompletedProcess:
-    """``torchrun --standalone --nproc_per_node=N -m dqecir.cli ARGS`` (one thread each)."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-           f"--nproc_per_node={nproc}", "-m", "dqecir.cli", *args]  # fmt: skip
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert res.returncode == 0, res.stderr[-4000:]
-    return res
 
 
 @pytest.fixture(scope="module")
