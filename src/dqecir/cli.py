@@ -25,6 +25,7 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
         seed=args.seed,
         size=args.size,
         hard_only_train=args.hard_only_train,
+        train_variants=args.train_variants,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -252,6 +253,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--hard-only-train",
         action="store_true",
         help="variant whose train split lists only the hard target (as FashionIQ does)",
+    )
+    mb.add_argument(
+        "--train-variants",
+        type=int,
+        default=8,
+        help="fresh phrasings written per train query (training draws a new one every epoch)",
     )
     mb.set_defaults(func=_cmd_make_benchmark)
 

@@ -46,8 +46,9 @@ class DataConfig:
     categories: list[str] = field(default_factory=lambda: ["dress", "shirt", "toptee"])
     """FashionIQ categories (ignored elsewhere)."""
     lexicon: str = ""
-    """Attribute lexicon: a name under ``dqecir/lexicons`` (fmnist, shapes, fashioniq, cirr) or a
-    YAML path; empty for none."""
+    """Attribute lexicon: ``benchmark`` (the train-phrasing lexicon an embedded benchmark writes
+    as ``<root>/lexicon.yaml``), a name under ``dqecir/lexicons`` (fashioniq, cirr) or a YAML
+    path; empty for none."""
     make: dict[str, Any] = field(default_factory=dict)
     """If set and ``root`` does not exist: arguments of ``make_benchmark`` (kind, seed, size,
     hard_only_train) to build an embedded benchmark there first."""
@@ -56,6 +57,9 @@ class DataConfig:
     skip_missing: bool = False
     random_caption_order: bool = True
     """FashionIQ: join the two captions in a random order in training (SPRC)."""
+    caption_variants: int = 0
+    """Training queries with a pool of phrasings (the embedded benchmarks' ``caption_variants``)
+    read one per epoch, in turn; this keeps the first N of each pool (0: all)."""
 
 
 @dataclass

@@ -98,17 +98,28 @@ def ensure_data(cfg: Config) -> None:
     make_benchmark(kind, out, **make)
 
 
-def load_lexicon(spec: str) -> Lexicon | None:
+def load_lexicon(spec: str, root: str | Path = "") -> Lexicon | None:
+    """The attribute lexicon ``spec`` names: ``benchmark`` (the ``lexicon.yaml`` an embedded
+    benchmark writes into its layout folder ``root``: its train phrasing only), a name under
+    ``dqecir/lexicons`` or a YAML path; None for an empty spec."""
     if not spec:
         return None
     import yaml
 
-    path = Path(spec)
-    if not path.suffix:
-        path = Path(__file__).parent / "lexicons" / f"{spec}.yaml"
+    if spec == "benchmark":
+        path = Path(root) / "lexicon.yaml"
+    else:
+        path = Path(spec)
+        if not path.suffix:
+            path = Path(__file__).parent / "lexicons" / f"{spec}.yaml"
     if not path.is_file():
         raise ConfigError(f"lexicon {spec!r}: no file {path}")
-    data = yaml.safe_load(path.read_text())
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"lexicon {path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"lexicon {path}: expected attribute -> value -> phrases")
     return Lexicon(data)
 
 
@@ -187,7 +198,7 @@ class Trainer:
             ensure_data(cfg)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
         self.dist.broadcast_parameters(self._trainable())
-        self.lexicon = load_lexicon(cfg.data.lexicon)
+        self.lexicon = load_lexicon(cfg.data.lexicon, cfg.data.root)
         cache = (
             Path(cfg.data.cache_dir)
             if cfg.data.cache_dir
@@ -200,14 +211,22 @@ class Trainer:
         with self.dist.main_first():  # the feature cache takes one writer at a time
             self.train_table = build_features(
                 bb, self.train_splits, train=True, cache_dir=cache, device=self.device,
-                batch_size=fb,
+                batch_size=fb, max_variants=cfg.data.caption_variants,
             )  # fmt: skip
             self.val_table = build_features(
                 bb, self.val_splits, train=False, cache_dir=cache, device=self.device,
                 batch_size=fb,
             )  # fmt: skip
         self.queries: TrainQueries = build_train_queries(
-            self.train_splits, self.train_table, cfg.data.random_caption_order
+            self.train_splits, self.train_table, cfg.data.random_caption_order,
+            cfg.data.caption_variants,
+        )  # fmt: skip
+        # each query reads its phrasings in turn from its own starting point (seeded)
+        self._text_offset = torch.randint(
+            0,
+            1 << 30,
+            (len(self.queries),),
+            generator=torch.Generator().manual_seed(cfg.train.seed),
         )
         self.text_labels = self._text_labels(self.train_table)
         self.batches = epoch_batches(len(self.queries), cfg.train.batch_size, self.dist.world)
@@ -382,7 +401,7 @@ class Trainer:
         every process, gathered with gradients, and come out the same on every rank)."""
         cfg = self.cfg
         qz = self.queries
-        choice = torch.randint(0, qz.text.shape[1], (len(b),), generator=gen)
+        choice = qz.options_of_epoch(b, self.state.epoch, self._text_offset)
         b_all, trows_all, mine = b, qz.text[b, choice], self.dist.share(len(b))
         b, trows = b_all[mine], trows_all[mine]
         gather = self.dist.gather  # identity in a single process

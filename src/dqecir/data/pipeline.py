@@ -19,10 +19,15 @@ from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone
 
 
-def query_texts(q: Query, train: bool, random_order: bool = True) -> list[str]:
+def query_texts(
+    q: Query, train: bool, random_order: bool = True, max_variants: int = 0
+) -> list[str]:
     """The text(s) a query is read as. FashionIQ's two captions are joined as "c0 and c1" for
     evaluation; training also uses "c1 and c0" (a random order per step, as SPRC does) unless
-    ``random_order`` is off."""
+    ``random_order`` is off. A training query with other phrasings (``variants``) is read as
+    any of them (its first ``max_variants``; 0: all)."""
+    if train and q.variants:
+        return list(q.variants[:max_variants] if max_variants > 0 else q.variants)
     texts = [t.strip() for t in q.texts if t.strip()]
     if not texts:
         raise DataError("query has no text", record=q.qid)
@@ -80,7 +85,12 @@ class SplitFeatures:
         return torch.tensor([self.image_row[i] for i in ids], dtype=torch.long)
 
     def text_batch(self, rows: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {k: v[rows] for k, v in self.text_feats.items()}
+        """Text features of ``rows`` (held as float16, returned as float32)."""
+        out = {}
+        for k, v in self.text_feats.items():
+            t = v[rows]
+            out[k] = t.float() if t.is_floating_point() else t
+        return out
 
 
 def split_images(split: CIRSplit) -> tuple[list[str], list[Path]]:
@@ -112,12 +122,14 @@ def build_features(
     device: torch.device,
     batch_size: int = 64,
     max_memory_gb: float = 4.0,
+    max_variants: int = 0,
 ) -> SplitFeatures:
     """Frozen image and text features for every image and query text of ``splits``, through
     the on-disk cache in ``cache_dir`` (computed once per image / text and backbone).
 
     Image features are loaded into memory (float32) when they take at most ``max_memory_gb``;
-    larger ones stay memory-mapped and are read per batch."""
+    larger ones stay memory-mapped and are read per batch. Text features are held as float16
+    (as cached): a pool of phrasings per training query multiplies them."""
     from dqecir.data.features import IMAGE_FIELD, FeatureCache
 
     ids: dict[str, Path] = {}
@@ -127,7 +139,7 @@ def build_features(
     texts: dict[str, None] = {}
     for s in splits:
         for q in s.queries:
-            for t in query_texts(q, train):
+            for t in query_texts(q, train, max_variants=max_variants):
                 texts.setdefault(t)
     image_ids = list(ids)
     cache = FeatureCache(cache_dir)
@@ -139,7 +151,9 @@ def build_features(
     else:
         images = LazyRows(arr, stored.rows(image_ids))
     text_list = list(texts)
-    text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(text_list)
+    text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(
+        text_list, float_dtype=torch.float16
+    )
     return SplitFeatures(image_ids, images, text_list, text_feats)
 
 
@@ -150,37 +164,52 @@ class TrainQueries:
     qids: list[str]
     reference: torch.Tensor  # [Q] image rows
     target: torch.Tensor  # [Q] image rows
-    text: torch.Tensor  # [Q, n_options] text rows
+    text: torch.Tensor  # [Q, max options] text rows (a query's own options repeated to fill)
     gts: list[list[int]]  # annotated ground truths, image rows (target included)
+    n_options: torch.Tensor | None = None  # [Q] distinct options of each query
 
     def __len__(self) -> int:
         return len(self.qids)
 
+    def options_of_epoch(
+        self, rows: torch.Tensor, epoch: int, offset: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The option each query of ``rows`` is read as in ``epoch``: its options in turn from a
+        per-query ``offset``, so every epoch brings each query a phrasing it did not have in the
+        previous one (until its pool is used up)."""
+        n = self.n_options[rows] if self.n_options is not None else torch.full_like(rows, 1)
+        off = offset[rows] if offset is not None else torch.zeros_like(rows)
+        return (off + epoch) % n
+
 
 def build_train_queries(
-    splits: Sequence[CIRSplit], table: SplitFeatures, random_order: bool = True
+    splits: Sequence[CIRSplit],
+    table: SplitFeatures,
+    random_order: bool = True,
+    max_variants: int = 0,
 ) -> TrainQueries:
     """The TRNS candidate pool is every image of ``table`` (build it from the training splits
     alone: the split's gallery, every image appearing as reference or target)."""
-    qids, ref, tgt, txt, gts = [], [], [], [], []
+    qids, ref, tgt, opts, gts = [], [], [], [], []
     for s in splits:
         for q in s.queries:
             if q.target is None:
                 raise DataError(
                     "training query has no target", file=f"{s.benchmark}:{s.split}", record=q.qid
                 )
-            options = [table.text_row[t] for t in query_texts(q, True, random_order)]
-            if len(options) == 1:
-                options = options * 2
+            texts = query_texts(q, True, random_order, max_variants)
+            opts.append([table.text_row[t] for t in texts])
             qids.append(q.qid)
             ref.append(table.image_row[q.reference])
             tgt.append(table.image_row[q.target])
-            txt.append(options[:2])
             gts.append(sorted({table.image_row[g] for g in (q.target, *q.gt)}))
+    width = max([2, *map(len, opts)])
+    txt = [[o[i % len(o)] for i in range(width)] for o in opts]
     return TrainQueries(
         qids,
         torch.tensor(ref),
         torch.tensor(tgt),
         torch.tensor(txt),
         gts,
+        torch.tensor([len(o) for o in opts]),
     )

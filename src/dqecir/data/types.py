@@ -26,6 +26,10 @@ class Query:
         heldout: whether the target's attribute combination never occurs in train (embedded
             benchmarks only), else None.
         group: FashionIQ category (dress / shirt / toptee), else None.
+        variants: other phrasings of the same change that training may draw instead of
+            ``texts`` (the embedded benchmarks' ``caption_variants``, the first being the
+            caption itself); empty elsewhere.
+        mentions: the attributes the text names (embedded benchmarks' ``mentions``), else None.
     """
 
     qid: str
@@ -37,6 +41,8 @@ class Query:
     kind: str | None = None
     heldout: bool | None = None
     group: str | None = None
+    variants: tuple[str, ...] = ()
+    mentions: tuple[str, ...] | None = None
 
 
 @dataclass

@@ -27,6 +27,7 @@ from dqecir.data.formats.common import (
     check_query_ids,
     get_field,
     kind_and_heldout,
+    phrasing_fields,
     read_json,
     read_json_list,
     targets_hidden,
@@ -169,4 +170,5 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
         gt=gt,
         kind=kind,
         heldout=heldout,
+        **phrasing_fields(record, where),
     )

@@ -29,6 +29,7 @@ from dqecir.data.formats.common import (
     get_field,
     get_str_list,
     kind_and_heldout,
+    phrasing_fields,
     read_json,
     read_json_list,
     targets_hidden,
@@ -126,6 +127,7 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
         members=tuple(members),
         kind=kind,
         heldout=heldout,
+        **phrasing_fields(record, where),
     )
 
 

@@ -120,6 +120,22 @@ def kind_and_heldout(record: Mapping, where: RecordRef) -> tuple[str | None, boo
     return kind, heldout
 
 
+def phrasing_fields(record: Mapping, where: RecordRef) -> dict:
+    """The optional ``caption_variants`` / ``mentions`` fields of the embedded benchmarks, as
+    :class:`Query` keyword arguments."""
+    out: dict = {}
+    if "caption_variants" in record:
+        variants = get_str_list(record, "caption_variants", where)
+        if not variants or any(not v.strip() for v in variants):
+            raise where.error(
+                "caption_variants must be non-empty strings", field="caption_variants"
+            )
+        out["variants"] = tuple(v.strip() for v in variants)
+    if "mentions" in record:
+        out["mentions"] = tuple(get_str_list(record, "mentions", where))
+    return out
+
+
 def targets_hidden(split: str) -> bool:
     """Test splits of the official benchmarks publish no targets (CIRR ``test1``, CIRCO
     ``test``, FashionIQ ``test``); every other split must carry them."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dqecir.data.synthetic.common import SIZES, build_benchmark, chance_levels
+from dqecir.data.synthetic.common import SIZES, TRAIN_VARIANTS, build_benchmark, chance_levels
 
 KINDS = ("shapes", "fmnist")
 
@@ -19,6 +19,7 @@ def make_benchmark(
     seed: int = 0,
     size: str = "default",
     hard_only_train: bool = False,
+    train_variants: int = TRAIN_VARIANTS,
     fmnist_dir: Path | None = None,
     progress: bool = True,
 ) -> dict:
@@ -26,6 +27,7 @@ def make_benchmark(
     "default") into ``out`` in both layouts, deterministically from ``seed``.
 
     ``hard_only_train`` writes the variant whose train split lists only the hard target.
+    ``train_variants``: fresh phrasings per train query (the ``caption_variants`` pool).
     ``fmnist_dir``: folder of the Fashion-MNIST idx files (default ``$DQECIR_FMNIST_DIR``,
     else /usr/share/datasets/fashion-mnist). Returns a JSON-able summary (per split image and
     query counts, seconds taken, bytes on disk).
@@ -46,6 +48,7 @@ def make_benchmark(
         seed=seed,
         size=size,
         hard_only_train=hard_only_train,
+        train_variants=train_variants,
         progress=progress,
     )
 

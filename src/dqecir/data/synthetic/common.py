@@ -1,5 +1,7 @@
-"""What both embedded benchmarks share: size presets, held-out combinations, query generation,
-caption phrasing and the writers of the CIRR and CIRCO layouts.
+"""What both embedded benchmarks share: size presets, held-out combinations, query generation
+and the writers of the CIRR and CIRCO layouts (captions come from
+:mod:`dqecir.data.synthetic.phrasing`: train phrasing for train, and each val / test split written
+once per phrasing variant, ``val`` / ``val-unseen`` / ``val-newforms`` / ``val-newwords``).
 
 A benchmark definition (``shapes.ShapesBenchmark``, ``fmnist.FmnistBenchmark``) only plans its
 images (split, instance, attributes, render parameters) and renders one image; everything
@@ -15,6 +17,7 @@ Query kinds and their valid targets (``gt``), within one split's gallery:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -26,9 +29,11 @@ from pathlib import Path
 from typing import Protocol
 
 import numpy as np
+import yaml
 from PIL import Image
 from tqdm import tqdm
 
+from dqecir.data.synthetic.phrasing import VARIANTS, Caption, Phrasing
 from dqecir.errors import DataError
 
 SPLITS = ("train", "val", "test")
@@ -61,6 +66,8 @@ SIZES = {
     ),
 }
 MIN_GALLERY = 60
+TRAIN_VARIANTS = 8
+"""Fresh phrasings per train query (a pool the trainer draws a new one from every epoch)."""
 
 
 @dataclass
@@ -105,9 +112,16 @@ class QuerySpec:
     target: ImageSpec
     gt: list[ImageSpec]
     members: list[ImageSpec]
-    caption: str
+    captions: dict[str, list[Caption]]
+    """Phrasing variant -> captions: train queries have ``seen`` only, as a pool of fresh
+    phrasings (the first is the annotation's ``caption``); val / test queries one caption per
+    variant of :data:`dqecir.data.synthetic.phrasing.VARIANTS`."""
     shared_concept: str
     heldout: bool
+
+    @property
+    def caption(self) -> Caption:
+        return self.captions["seen"][0]
 
 
 class BenchmarkDefinition(Protocol):
@@ -116,8 +130,9 @@ class BenchmarkDefinition(Protocol):
     name: str
     vocab: dict[str, tuple[str, ...]]
     kind_mix: dict[str, float]
-    phrasebook: Phrasebook
     num_heldout: int
+    thing: str
+    """The generic noun of CIRCO's ``shared_concept`` for a ``both`` query."""
 
     def plan_images(
         self, rng: np.random.Generator, preset: SizePreset, heldout: frozenset[tuple[str, str]]
@@ -126,85 +141,6 @@ class BenchmarkDefinition(Protocol):
     def renderer(self, images: Sequence[ImageSpec]) -> Callable[[ImageSpec], Image.Image]: ...
 
     def settings(self) -> dict: ...
-
-
-# ---- phrasing ------------------------------------------------------------------------------
-
-
-def article(phrase: str) -> str:
-    """``phrase`` with its indefinite article ("an orange star", "a blue bag")."""
-    return ("an " if phrase[:1].lower() in "aeiou" else "a ") + phrase
-
-
-@dataclass(frozen=True)
-class Phrasebook:
-    """Templates per query kind and the words for each attribute value.
-
-    ``words[attr][value]`` lists the phrasings of a value, the canonical one first; a caption
-    uses the canonical word with probability ``canonical_p`` and a synonym otherwise.
-    Template fields: ``c``/``oc`` new/old color, ``s``/``os`` new/old shape noun,
-    ``a_s``/``a_os`` with article, ``a_cs``/``a_ocs`` color + shape with article, ``z``/``oz``
-    new/old size, ``a_z`` new size with article, ``rel`` "bigger"/"smaller", ``thing`` the
-    benchmark's generic noun.
-    """
-
-    templates: dict[str, tuple[str, ...]]
-    words: dict[str, dict[str, tuple[str, ...]]]
-    plural: frozenset[str] = frozenset()
-    thing: str = "object"
-    canonical_p: float = 0.6
-
-    def word(self, attr: str, value: str, rng: np.random.Generator) -> str:
-        options = self.words[attr][value]
-        if len(options) == 1 or rng.random() < self.canonical_p:
-            return options[0]
-        return options[1 + int(rng.integers(len(options) - 1))]
-
-    def noun_phrase(self, noun: str, adjective: str = "") -> str:
-        """``a [adj] noun``; plural nouns take ``a pair of`` ("a pair of red trousers")."""
-        core = f"{adjective} {noun}".strip()
-        return f"a pair of {core}" if noun in self.plural else article(core)
-
-    def caption(
-        self, kind: str, ref: dict[str, str], new: dict[str, str], rng: np.random.Generator
-    ) -> str:
-        template = self.templates[kind][int(rng.integers(len(self.templates[kind])))]
-        f = self._fields(ref, new, rng)
-        return " ".join(template.format(**f).split())
-
-    def _fields(
-        self, ref: dict[str, str], new: dict[str, str], rng: np.random.Generator
-    ) -> dict[str, str]:
-        c, oc = self.word("color", new["color"], rng), self.word("color", ref["color"], rng)
-        s, os_ = self.word("shape", new["shape"], rng), self.word("shape", ref["shape"], rng)
-        f = {
-            "c": c,
-            "oc": oc,
-            "s": s,
-            "os": os_,
-            "a_s": self.noun_phrase(s),
-            "a_os": self.noun_phrase(os_),
-            "a_cs": self.noun_phrase(s, c),
-            "a_ocs": self.noun_phrase(os_, oc),
-            "thing": self.thing,
-        }
-        if "size" in ref:
-            z, oz = self.word("size", new["size"], rng), self.word("size", ref["size"], rng)
-            sizes = list(self.words["size"])
-            grow = sizes.index(new["size"]) > sizes.index(ref["size"])
-            rel = ("bigger", "larger") if grow else ("smaller",)
-            f.update(z=z, oz=oz, a_z=article(z), rel=rel[int(rng.integers(len(rel)))])
-        return f
-
-    def shared_concept(self, kind: str, ref: dict[str, str]) -> str:
-        """CIRCO's ``shared_concept``: what reference and target have in common."""
-        if kind == "color":
-            return self.words["shape"][ref["shape"]][0]
-        if kind == "shape":
-            return self.words["color"][ref["color"]][0]
-        if kind == "size":
-            return f"{ref['color']} {self.words['shape'][ref['shape']][0]}"
-        return self.thing
 
 
 # ---- planning helpers ----------------------------------------------------------------------
@@ -417,15 +353,21 @@ def make_queries(
     definition: BenchmarkDefinition,
     heldout: frozenset[tuple[str, str]],
     rng: np.random.Generator,
+    phrasing: Phrasing,
+    caption_rng: np.random.Generator,
+    train_variants: int = 1,
 ) -> list[QuerySpec]:
     """``n`` distinct queries over one split's gallery, kinds mixed as the definition says,
-    in a shuffled order; ``pairid`` is the position in that order."""
+    in a shuffled order; ``pairid`` is the position in that order.
+
+    Captions come from ``phrasing`` with their own generator (``caption_rng``), so the queries
+    themselves do not depend on how many captions are written: ``train_variants`` fresh train
+    phrasings per train query, one caption per phrasing variant for val and test."""
     idx = _SplitIndex(images)
     by_id = {im.id: im for im in images}
     drafts: list[_Draft] = []
     for kind, count in kind_counts(n, definition.kind_mix).items():
         drafts += _drafts_of_kind(kind, count, split, idx, by_id, definition.vocab, rng)
-    book = definition.phrasebook
     queries = []
     for pairid, i in enumerate(rng.permutation(len(drafts))):
         d = drafts[int(i)]
@@ -433,6 +375,15 @@ def make_queries(
         new["color"], new["shape"] = d.target.pair
         if d.kind == "size":
             new["size"] = d.target.attrs["size"]
+        ref = d.reference.attrs
+
+        def write(variant: str, ref: dict = ref, new: dict = new, kind: str = d.kind) -> Caption:
+            return phrasing.caption(kind, ref, new, caption_rng, variant)
+
+        if split == "train":
+            captions = {"seen": [write("seen") for _ in range(max(1, train_variants))]}
+        else:
+            captions = {v: [write(v)] for v in VARIANTS}
         queries.append(
             QuerySpec(
                 pairid=pairid,
@@ -442,12 +393,24 @@ def make_queries(
                 target=d.target,
                 gt=d.gt,
                 members=d.members,
-                caption=book.caption(d.kind, d.reference.attrs, new, rng),
-                shared_concept=book.shared_concept(d.kind, d.reference.attrs),
+                captions=captions,
+                shared_concept=shared_concept(d.kind, d.reference.attrs, definition),
                 heldout=d.target.pair in heldout,
             )
         )
     return queries
+
+
+def shared_concept(kind: str, ref: dict[str, str], definition: BenchmarkDefinition) -> str:
+    """CIRCO's ``shared_concept``: what reference and target have in common."""
+    thing = definition.thing
+    if kind == "color":
+        return ref["shape"]
+    if kind == "shape":
+        return ref["color"]
+    if kind == "size":
+        return f"{ref['color']} {ref['shape']}"
+    return thing
 
 
 # ---- writing -------------------------------------------------------------------------------
@@ -479,14 +442,29 @@ def circo_file_name(image_id: int) -> str:
     return f"{image_id:012d}.png"
 
 
-def cirr_record(q: QuerySpec, hard_only: bool) -> dict:
+def variant_split(layout: dict[str, str], split: str, variant: str) -> str:
+    """File name of a split in one phrasing variant: ``test1`` (seen) or ``test1-unseen``."""
+    return layout[split] if variant == "seen" else f"{layout[split]}-{variant}"
+
+
+def _caption_fields(q: QuerySpec, variant: str) -> tuple[str, dict]:
+    caps = q.captions[variant]
+    extra: dict = {"mentions": list(caps[0].mentions)}
+    if len(caps) > 1:
+        extra["caption_variants"] = [c.text for c in caps]
+        extra["variant_mentions"] = [list(c.mentions) for c in caps]
+    return caps[0].text, extra
+
+
+def cirr_record(q: QuerySpec, hard_only: bool, variant: str = "seen") -> dict:
     gt = [q.target] if hard_only else q.gt
+    caption, extra = _caption_fields(q, variant)
     return {
         "pairid": q.pairid,
         "reference": q.reference.name,
         "target_hard": q.target.name,
         "target_soft": {im.name: 1.0 for im in gt},
-        "caption": q.caption,
+        "caption": caption,
         "img_set": {
             "id": q.pairid,
             "members": [im.name for im in q.members],
@@ -495,20 +473,25 @@ def cirr_record(q: QuerySpec, hard_only: bool) -> dict:
         },
         "kind": q.kind,
         "heldout": q.heldout,
+        "phrasing": variant,
+        **extra,
     }
 
 
-def circo_record(q: QuerySpec, hard_only: bool) -> dict:
+def circo_record(q: QuerySpec, hard_only: bool, variant: str = "seen") -> dict:
     gt = [q.target] if hard_only else q.gt
+    caption, extra = _caption_fields(q, variant)
     return {
         "id": q.pairid,
         "reference_img_id": q.reference.id,
         "target_img_id": q.target.id,
-        "relative_caption": q.caption,
+        "relative_caption": caption,
         "shared_concept": q.shared_concept,
         "gt_img_ids": [im.id for im in gt],
         "kind": q.kind,
         "heldout": q.heldout,
+        "phrasing": variant,
+        **extra,
     }
 
 
@@ -517,26 +500,29 @@ def write_annotations(
     images: Sequence[ImageSpec],
     queries: dict[str, list[QuerySpec]],
     hard_only_train: bool,
+    lexicon: dict | None = None,
 ) -> None:
-    """Every JSON file of both layouts (the images are written by :func:`write_images`)."""
+    """Every JSON file of both layouts (the images are written by :func:`write_images`): each
+    val / test split once per phrasing variant (``val``, ``val-unseen``, ...), and the train
+    phrasing's attribute lexicon as ``lexicon.yaml`` in each layout."""
     cirr, circo = root / "cirr", root / "circo"
     for split in SPLITS:
         hard_only = hard_only_train and split == "train"
         split_images = [im for im in images if im.split == split]
-        cs = CIRR_SPLIT[split]
-        write_json(
-            cirr / "image_splits" / f"split.rc2.{cs}.json",
-            {im.name: f"./{CIRR_DIR[split]}/{im.name}.png" for im in split_images},
-        )
-        write_json(
-            cirr / "captions" / f"cap.rc2.{cs}.json",
-            [cirr_record(q, hard_only) for q in queries[split]],
-        )
-        ann = circo / "annotations"
-        write_json(
-            ann / f"{CIRCO_SPLIT[split]}.json", [circo_record(q, hard_only) for q in queries[split]]
-        )
-        write_json(ann / f"gallery.{CIRCO_SPLIT[split]}.json", [im.id for im in split_images])
+        variants = ["seen"] if split == "train" else list(VARIANTS)
+        for v in variants:
+            cs = variant_split(CIRR_SPLIT, split, v)
+            write_json(
+                cirr / "image_splits" / f"split.rc2.{cs}.json",
+                {im.name: f"./{CIRR_DIR[split]}/{im.name}.png" for im in split_images},
+            )
+            write_json(
+                cirr / "captions" / f"cap.rc2.{cs}.json",
+                [cirr_record(q, hard_only, v) for q in queries[split]],
+            )
+            ann, co = circo / "annotations", variant_split(CIRCO_SPLIT, split, v)
+            write_json(ann / f"{co}.json", [circo_record(q, hard_only, v) for q in queries[split]])
+            write_json(ann / f"gallery.{co}.json", [im.id for im in split_images])
     info = [
         {
             "id": im.id,
@@ -550,6 +536,17 @@ def write_annotations(
         circo / "COCO2017_unlabeled" / "annotations" / "image_info_unlabeled2017.json",
         {"images": info},
     )
+    if lexicon is not None:
+        text = LEXICON_HEADER + yaml.safe_dump(lexicon, sort_keys=False, allow_unicode=True)
+        for layout in (cirr, circo):
+            (layout / "lexicon.yaml").write_text(text, encoding="utf-8")
+
+
+LEXICON_HEADER = (
+    "# Attribute lexicon of this benchmark's TRAIN phrasing (attribute -> value -> words), written\n"
+    "# by dqecir make-benchmark. It holds no held-out word: the L_attr labels of a model trained\n"
+    "# here come from it (config data.lexicon: benchmark).\n"
+)
 
 
 def _link(src: Path, dst: Path, hard: bool) -> bool:
@@ -597,6 +594,8 @@ def meta_document(
     seed: int,
     size: str,
     hard_only_train: bool,
+    phrasing: Phrasing,
+    train_variants: int,
 ) -> dict:
     return {
         "generator": GENERATOR,
@@ -610,10 +609,7 @@ def meta_document(
             for s in SPLITS
         },
         "vocab": {k: list(v) for k, v in definition.vocab.items()},
-        "synonyms": {
-            a: {v: list(w) for v, w in ws.items()} for a, ws in definition.phrasebook.words.items()
-        },
-        "templates": {k: list(v) for k, v in definition.phrasebook.templates.items()},
+        "phrasing": phrasing_document(phrasing, train_variants),
         "kind_mix": definition.kind_mix,
         "heldout_combinations": sorted([c, s] for c, s in heldout),
         "settings": definition.settings(),
@@ -627,6 +623,30 @@ def meta_document(
             }
             for im in images
         },
+    }
+
+
+def phrasing_document(phrasing: Phrasing, train_variants: int) -> dict:
+    """What meta.json says of the phrasing: the variants, the counts and both sides' words and
+    forms (so a check can confirm that no held-out word or form reaches a train caption)."""
+    sides = {}
+    for name, side in phrasing.sides.items():
+        sides[name] = {
+            "words": {a: {v: list(w) for v, w in vals.items()} for a, vals in side.words.items()},
+            "forms": {k: [f.text for f in v] for k, v in side.forms.items()},
+            "prefix": list(side.prefix) + list(side.polite_prefix),
+            "suffix": list(side.suffix),
+            "join": list(side.join),
+            "things": list(side.things),
+            "comparatives": {d: list(w) for d, w in side.comparatives.items()},
+            "resize": {d: list(w) for d, w in side.resize.items()},
+        }
+    return {
+        "variants": {v: {"forms": f, "words": w} for v, (f, w) in VARIANTS.items()},
+        "train_variants": train_variants,
+        "params": dataclasses.asdict(phrasing.params),
+        "summary": phrasing.summary(),
+        "sides": sides,
     }
 
 
@@ -751,10 +771,13 @@ def build_benchmark(
     seed: int,
     size: str,
     hard_only_train: bool,
+    train_variants: int = TRAIN_VARIANTS,
     progress: bool = True,
 ) -> dict:
     """Plan, render and write one benchmark into ``out`` (built in a sibling temporary folder
-    and moved into place at the end, so an interrupted run leaves no half benchmark)."""
+    and moved into place at the end, so an interrupted run leaves no half benchmark).
+
+    ``train_variants``: fresh phrasings written per train query (``caption_variants``)."""
     if size not in SIZES:
         raise ValueError(f"unknown size {size!r} (choose one of {sorted(SIZES)})")
     start = time.perf_counter()
@@ -770,9 +793,20 @@ def build_benchmark(
     for s, ims in per_split.items():
         if len(ims) < MIN_GALLERY:
             raise DataError(f"split {s} has {len(ims)} images, fewer than {MIN_GALLERY}")
+    phrasing = Phrasing(definition.name, seed)
     queries = {
-        s: make_queries(s, per_split[s], preset.queries[s], definition, heldout, rng)
-        for s in SPLITS
+        s: make_queries(
+            s,
+            per_split[s],
+            preset.queries[s],
+            definition,
+            heldout,
+            rng,
+            phrasing,
+            np.random.default_rng([seed, 0xCA9, i]),
+            train_variants,
+        )  # fmt: skip
+        for i, s in enumerate(SPLITS)
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
@@ -780,10 +814,11 @@ def build_benchmark(
         shutil.rmtree(tmp)
     try:
         tmp.mkdir()
-        write_annotations(tmp, images, queries, hard_only_train)
+        write_annotations(tmp, images, queries, hard_only_train, phrasing.lexicon("train"))
         meta = meta_document(
-            definition, images, heldout, seed=seed, size=size, hard_only_train=hard_only_train
-        )
+            definition, images, heldout, seed=seed, size=size, hard_only_train=hard_only_train,
+            phrasing=phrasing, train_variants=train_variants,
+        )  # fmt: skip
         write_json(tmp / "meta.json", meta, expand=("images",))
         render = definition.renderer(images)
         link_mode = write_images(
@@ -799,6 +834,8 @@ def build_benchmark(
         "seed": seed,
         "size": size,
         "hard_only_train": hard_only_train,
+        "train_variants": train_variants,
+        "phrasing": phrasing.summary(),
         "splits": {s: split_summary(per_split[s], queries[s]) for s in SPLITS},
         "heldout_combinations": sorted([c, s] for c, s in heldout),
         "link_mode": link_mode,

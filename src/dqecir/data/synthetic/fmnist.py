@@ -23,7 +23,6 @@ from dqecir.data.synthetic.common import (
     Deck,
     ImageDraft,
     ImageSpec,
-    Phrasebook,
     SizePreset,
     instances_for,
 )
@@ -55,65 +54,6 @@ CATEGORIES = (
 COLORS_PER_INSTANCE = 4
 GARMENT_SIZE = 56
 
-WORDS = {
-    "color": {
-        "red": ("red", "crimson", "scarlet"),
-        "orange": ("orange", "tangerine"),
-        "yellow": ("yellow", "golden", "mustard"),
-        "green": ("green", "emerald"),
-        "teal": ("teal", "turquoise"),
-        "blue": ("blue", "cobalt"),
-        "purple": ("purple", "violet"),
-        "pink": ("pink", "rose"),
-    },
-    "shape": {
-        "t-shirt": ("t-shirt", "tee", "top"),
-        "trousers": ("trousers", "pants"),
-        "pullover": ("pullover", "sweater", "jumper"),
-        "dress": ("dress",),
-        "coat": ("coat", "jacket"),
-        "sandal": ("sandal",),
-        "shirt": ("shirt", "button-up shirt"),
-        "sneaker": ("sneaker", "trainer", "running shoe"),
-        "bag": ("bag", "handbag"),
-        "ankle boot": ("ankle boot", "boot"),
-    },
-}
-PLURAL = frozenset({"trousers", "pants"})
-
-TEMPLATES = {
-    "color": (
-        "make it {c}",
-        "change the color to {c}",
-        "{c} instead of {oc}",
-        "the same one in {c}",
-        "I want this in {c}",
-        "dye it {c}",
-        "same {thing} but {c}",
-        "swap the {oc} for {c}",
-    ),
-    "shape": (
-        "make it {a_s}",
-        "turn it into {a_s}",
-        "{a_s} instead of {a_os}",
-        "same color but as {a_s}",
-        "{a_s} in this color",
-        "show me {a_s} of the same color",
-        "replace the {os} with {a_s}",
-    ),
-    "both": (
-        "make it {a_cs}",
-        "same but as {a_s} in {c}",
-        "{a_cs} instead",
-        "change it to {a_cs}",
-        "I want {a_cs}",
-        "{a_cs} rather than {a_ocs}",
-        "turn it into {a_s} and make it {c}",
-    ),
-}
-
-PHRASEBOOK = Phrasebook(templates=TEMPLATES, words=WORDS, plural=PLURAL, thing="garment")
-
 
 @dataclass
 class FmnistBenchmark:
@@ -128,7 +68,7 @@ class FmnistBenchmark:
     kind_mix: dict[str, float] = field(
         default_factory=lambda: {"color": 0.4, "shape": 0.4, "both": 0.2}
     )
-    phrasebook: Phrasebook = PHRASEBOOK
+    thing: str = "garment"
     num_heldout: int = 8
 
     def __post_init__(self) -> None:

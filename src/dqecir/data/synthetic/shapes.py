@@ -24,7 +24,6 @@ from dqecir.data.synthetic.common import (
     Deck,
     ImageDraft,
     ImageSpec,
-    Phrasebook,
     SizePreset,
     instances_for,
 )
@@ -46,77 +45,6 @@ SIZE_RADIUS = {"small": 7.0, "medium": 11.5, "large": 16.0}
 IMAGES_PER_INSTANCE = 7
 SUPERSAMPLE = 2
 
-WORDS = {
-    "color": {
-        "red": ("red", "crimson", "scarlet"),
-        "orange": ("orange", "tangerine"),
-        "yellow": ("yellow", "golden", "lemon"),
-        "green": ("green", "emerald"),
-        "teal": ("teal", "turquoise"),
-        "blue": ("blue", "cobalt"),
-        "purple": ("purple", "violet"),
-        "pink": ("pink", "rose"),
-        "brown": ("brown", "chocolate"),
-        "gray": ("gray", "grey"),
-    },
-    "shape": {
-        "circle": ("circle", "disc", "round shape"),
-        "square": ("square", "box"),
-        "triangle": ("triangle", "three-sided shape"),
-        "star": ("star", "five-pointed star"),
-        "hexagon": ("hexagon", "six-sided shape"),
-        "diamond": ("diamond", "rhombus"),
-        "cross": ("cross", "plus sign"),
-    },
-    "size": {
-        "small": ("small", "tiny"),
-        "medium": ("medium-sized", "mid-sized"),
-        "large": ("large", "big", "huge"),
-    },
-}
-
-TEMPLATES = {
-    "color": (
-        "make it {c}",
-        "change the color to {c}",
-        "{c} instead of {oc}",
-        "same scene but the {thing} is {c}",
-        "recolor it {c}",
-        "I want it in {c}",
-        "paint the {oc} {thing} {c}",
-        "swap {oc} for {c}",
-    ),
-    "shape": (
-        "make it {a_s}",
-        "turn the {thing} into {a_s}",
-        "{a_s} instead of {a_os}",
-        "same color but {a_s}",
-        "change the shape to {a_s}",
-        "replace the {os} with {a_s}",
-        "keep the color, make it {a_s}",
-    ),
-    "both": (
-        "make it {a_cs}",
-        "turn it into {a_s} and color it {c}",
-        "{a_cs} instead of {a_ocs}",
-        "replace it with {a_cs}",
-        "change it to {a_cs}",
-        "I want {a_cs} here",
-        "same place but {a_cs}",
-    ),
-    "size": (
-        "make it {rel}",
-        "make the {thing} {rel}",
-        "{a_z} one instead",
-        "the same but {rel}",
-        "make the {os} {z}",
-        "{z} instead of {oz}",
-        "resize it so the {os} is {z}",
-    ),
-}
-
-PHRASEBOOK = Phrasebook(templates=TEMPLATES, words=WORDS, thing="shape")
-
 
 @dataclass
 class ShapesBenchmark:
@@ -133,7 +61,7 @@ class ShapesBenchmark:
     kind_mix: dict[str, float] = field(
         default_factory=lambda: {"color": 0.4, "shape": 0.4, "both": 0.1, "size": 0.1}
     )
-    phrasebook: Phrasebook = PHRASEBOOK
+    thing: str = "shape"
     num_heldout: int = 7
 
     def settings(self) -> dict:
