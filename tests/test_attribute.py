@@ -75,6 +75,18 @@ def test_lexicon_labels_and_values():
     assert lex.value("with a v-neck", "shape") == "v-neck"
 
 
+def test_lexicon_tolerates_one_typo_in_long_words():
+    lex = Lexicon({"color": {"red": ["crimson"], "blue": ["dusk blue"]},
+                   "shape": {"sneaker": ["running shoe", "sneaker"]}})  # fmt: skip
+    labels = ["color", "shape"]
+    assert lex.labels("make it crimsn", labels) == [1.0, 0.0]  # dropped letter
+    assert lex.labels("make it cirmson", labels) == [1.0, 0.0]  # swapped letters
+    assert lex.labels("a pair of snaekers", labels) == [0.0, 0.0]  # two edits: no
+    assert lex.labels("a sneakr", labels) == [0.0, 1.0]
+    assert lex.labels("blue", labels) == [0.0, 0.0]  # head words under 5 letters: exact only
+    assert Lexicon(lex.words, fuzzy_min_len=0).labels("make it crimsn", labels) == [0.0, 0.0]
+
+
 def test_attribute_loss_trains_relevance_toward_labels():
     torch.manual_seed(0)
     aw = AttributeWeights("gate", 8, 4, ["color", "shape"])

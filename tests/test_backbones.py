@@ -33,6 +33,17 @@ CASES = [
     ("lite-combiner", "lite", {"fusion": "combiner"}),
     ("lite-sum", "lite", {"fusion": "sum"}),
     ("lite-qformer-skip", "lite", {"fusion": "qformer", "width": 64, "image_skip": True}),
+    (
+        "lite-qformer-text",
+        "lite",
+        {
+            "fusion": "qformer",
+            "width": 64,
+            "text_skip": True,
+            "text_layers": 1,
+            "token_dropout": 0.2,
+        },
+    ),
     ("blip2", "blip2", {"model_dir": "{blip2}"}),
 ]
 
@@ -259,3 +270,47 @@ def test_blip2_random_folder_sees_images(blip2_dir: Path) -> None:
     feats = bb.image_features(torch.randn(2, 3, s, s, generator=torch.Generator().manual_seed(1)))
     g = bb.encode_gallery(feats)
     assert (g[0] - g[1]).abs().max() > 1e-3
+
+
+def test_lite_text_features_sorted_dynamic_padding_and_bf16() -> None:
+    """Chunks sorted by length and padded to their own longest text give the fixed-length
+    states (float32); the bf16 tower agrees to a cosine above 0.999; the states below a trained
+    top layer plus that layer give the tower's last states."""
+    from dqecir.models.backbones.base import tokenize_padded
+
+    texts = ["x", "make it red please", "a pair of navy sneakers instead of the long coat", "ok"]
+    fp32 = create_backbone("lite", fusion="combiner", text_dtype="float32").eval()
+    enc = tokenize_padded(fp32.tokenizer, texts, fp32.max_text_len)
+    with torch.no_grad():
+        ref = fp32.text_tower(**enc).last_hidden_state
+    feats = fp32.text_features(texts)
+    mask = enc["attention_mask"].bool()
+    assert torch.equal(feats["mask"], mask)
+    assert (feats["tokens"] - ref)[mask].abs().max() < 1e-4
+    assert feats["tokens"][~mask].abs().max() == 0
+    bf16 = create_backbone("lite", fusion="combiner", text_dtype="bfloat16").eval()
+    cos = torch.nn.functional.cosine_similarity(
+        bf16.text_features(texts)["tokens"][mask], ref[mask]
+    )
+    assert cos.min() > 0.999
+    top = create_backbone("lite", fusion="combiner", text_dtype="float32", text_layers=1).eval()
+    assert top.text_cache_key() != fp32.text_cache_key() != bf16.text_cache_key()
+    below = top.text_features(texts)
+    with torch.no_grad():
+        states, m = top._text_states(below["tokens"], below["mask"])
+    w = states.shape[1]
+    assert (states - ref[:, :w])[mask[:, :w]].abs().max() < 1e-4
+
+
+def test_lite_token_dropout_only_in_training_and_keeps_cls() -> None:
+    bb = create_backbone("lite", fusion="combiner", token_dropout=0.5, text_dtype="float32")
+    feats = bb.text_features(["a very long caption with many words in it to drop"] * 8)
+    bb.train()
+    torch.manual_seed(0)
+    _, m_train = bb._text_states(feats["tokens"], feats["mask"])
+    assert m_train[:, 0].all() and m_train.sum() < feats["mask"].sum()
+    bb.eval()
+    _, m_eval = bb._text_states(feats["tokens"], feats["mask"])
+    assert torch.equal(m_eval, feats["mask"][:, : m_eval.shape[1]])
+    with pytest.raises(ValueError, match="token_dropout"):
+        create_backbone("lite", fusion="combiner", token_dropout=1.0)

@@ -117,3 +117,64 @@ def test_features_too_large_for_memory_stay_memory_mapped(bench, tmp_path):
     assert torch.equal(lazy.images[rows], eager.images[rows])
     assert torch.equal(lazy.images[2:6], eager.images[2:6])
     assert lazy.images.shape == tuple(eager.images.shape)
+
+
+def test_evaluate_scores_every_phrasing_and_attribute_relevance(bench, tmp_path):
+    best = train(_cfg(bench, tmp_path, "train.epochs=1", "model.attribute_weights=gate"),
+                 tmp_path / "run")  # fmt: skip
+    metrics, _ = evaluate_checkpoint(
+        best, "cirr", bench / "cirr", "test1", cache_dir=tmp_path / "cache", device="cpu"
+    )
+    for p in ("", "unseen:", "newforms:", "newwords:"):
+        assert 0.0 <= metrics[p + "map@10"] <= 100.0
+        assert 0.0 <= metrics[p + "attr_acc.color"] <= 100.0
+        assert p + "color/map@10" in metrics
+    only, _ = evaluate_checkpoint(best, "cirr", bench / "cirr", "test1", phrasings=["unseen"],
+                                  cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
+    assert only == {k: v for k, v in metrics.items() if k.startswith("unseen:")}
+    with pytest.raises(ValueError, match="not found"):
+        evaluate_checkpoint(best, "cirr", bench / "cirr", "train", phrasings=["unseen"],
+                            cache_dir=tmp_path / "cache", device="cpu")  # fmt: skip
+
+
+def test_training_never_reads_heldout_phrasing(bench, tmp_path, monkeypatch):
+    """Training and model selection load the train and val (seen) splits only; the training
+    texts are the train caption pools; the lexicon behind L_attr holds no held-out word."""
+    import dqecir.data.formats as formats
+
+    loaded = []
+    real = formats.load_benchmark
+
+    def spy(benchmark, root, split, **kw):
+        loaded.append(split)
+        return real(benchmark, root, split, **kw)
+
+    monkeypatch.setattr(formats, "load_benchmark", spy)
+    cfg = _cfg(bench, tmp_path, "train.epochs=1", "model.attribute_weights=gate", "loss.w_attr=0.5")
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.fit()
+    assert set(loaded) == {"train", "val"}
+    meta = json.loads((bench / "meta.json").read_text())
+    held = meta["phrasing"]["sides"]["heldout"]["words"]
+    held_words = {w for vals in held.values() for ws in vals.values() for w in ws}
+    lex_words = {w for vals in trainer.lexicon.words.values() for ws in vals.values() for w in ws}
+    assert not held_words & lex_words
+    train_caps = json.loads((bench / "cirr/captions/cap.rc2.train.json").read_text())
+    pools = {t for r in train_caps for t in r["caption_variants"]}
+    assert set(trainer.train_table.texts) == pools
+    for name in ("val-unseen", "test1-unseen", "test1"):
+        other = json.loads((bench / f"cirr/captions/cap.rc2.{name}.json").read_text())
+        assert not {r["caption"] for r in other} & set(trainer.train_table.texts) - pools
+
+
+def test_each_epoch_reads_a_fresh_phrasing(bench, tmp_path):
+    trainer = Trainer(_cfg(bench, tmp_path), tmp_path)
+    qz = trainer.queries
+    assert int(qz.n_options.min()) == 8  # the tiny benchmark writes 8 phrasings per query
+    rows = torch.arange(len(qz))
+    seen = torch.stack([qz.options_of_epoch(rows, e, trainer._text_offset) for e in range(8)])
+    assert all(len(set(seen[:, i].tolist())) == 8 for i in range(len(qz)))
+    assert torch.equal(seen[0], qz.options_of_epoch(rows, 8, trainer._text_offset))
+    capped = Trainer(_cfg(bench, tmp_path, "data.caption_variants=2"), tmp_path)
+    assert int(capped.queries.n_options.max()) == 2

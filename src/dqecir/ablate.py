@@ -12,7 +12,8 @@ The config file describes the full method; the variants switch its parts off:
 - ``full``: both.
 
 Each (variant, seed) is trained on the train split (best epoch by the val headline metric) and
-scored on the test split. Outputs: ``ablation.json`` (variant -> metric -> mean, std, per-seed
+scored on the test split, in every phrasing the benchmark holds (the embedded benchmarks: seen,
+unseen, new forms only, new words only; keys of the others prefixed ``<phrasing>:``). Outputs: ``ablation.json`` (variant -> metric -> mean, std, per-seed
 values, with the git commit and the config), ``ablation.md`` (tables) and ``ablation.png``.
 """
 
@@ -91,18 +92,43 @@ def summarize(per_seed: dict[str, list[dict[str, float]]]) -> dict[str, dict[str
     return out
 
 
+PHRASING_TITLES = {
+    "unseen": "Unseen phrasing (held-out sentence forms and words)",
+    "newforms": "New sentence forms only (train words)",
+    "newwords": "New words only (train sentence forms)",
+}
+
+
+def metric_kinds(metrics: dict[str, float]) -> list[str]:
+    """Query kinds (and ``heldout``) among the seen-phrasing metric keys (``color/map@10``)."""
+    return sorted({k.split("/")[0] for k in metrics if "/" in k and ":" not in k})
+
+
 def markdown(summary: dict[str, dict[str, Any]], title: str, kinds: Sequence[str]) -> str:
     def cell(v: str, k: str) -> str:
         s = summary[v].get(k)
         return "–" if s is None else f"{s['mean']:.1f} ± {s['std']:.1f}"
 
     variants = list(summary)
-    lines = [f"# {title}", "", "Overall (mean ± std over seeds):", ""]
+    lines = [f"# {title}", "", "Overall, seen phrasing (mean ± std over seeds):", ""]
     lines.append("| metric | " + " | ".join(variants) + " |")
     lines.append("|---|" + "---|" * len(variants))
-    for k in TABLE_METRICS:
+    for k in TABLE_METRICS + ["attr_acc"]:
         if any(k in summary[v] for v in variants):
             lines.append(f"| {k} | " + " | ".join(cell(v, k) for v in variants) + " |")
+    for phrasing, head in PHRASING_TITLES.items():
+        keys = [f"{phrasing}:{k}" for k in TABLE_METRICS + ["attr_acc"]]
+        keys += [f"{phrasing}:{kind}/map@10" for kind in kinds]
+        keys = [k for k in keys if any(k in summary[v] for v in variants)]
+        if not keys:
+            continue
+        lines += ["", f"{head}:", ""]
+        lines.append("| metric | " + " | ".join(variants) + " |")
+        lines.append("|---|" + "---|" * len(variants))
+        for k in keys:
+            lines.append(
+                f"| {k.split(':', 1)[1]} | " + " | ".join(cell(v, k) for v in variants) + " |"
+            )
     for kind in kinds:
         head = "Held-out attribute combinations" if kind == "heldout" else f"Query kind `{kind}`"
         lines += ["", f"{head}:", ""]
@@ -178,7 +204,7 @@ def run_ablation(
             log.info("ablation %s seed %d: %s=%.2f", v, seed, base.eval.headline,
                      metrics.get(base.eval.headline, float("nan")))  # fmt: skip
     summary = summarize(per_seed)
-    kinds = sorted({k.split("/")[0] for r in per_seed[variants[0]] for k in r if "/" in k})
+    kinds = metric_kinds(per_seed[variants[0]][0]) if per_seed[variants[0]] else []
     result = {
         "config": base.to_dict(),
         "config_file": str(config),
@@ -193,5 +219,5 @@ def run_ablation(
     title = f"Ablation: {base.name}, {test_split} split, seeds {list(seeds)}"
     (out / "ablation.md").write_text(markdown(summary, title, kinds))
     plot(summary, out / "ablation.png", ["map@10", "recall@1", "recall@10", "recall_subset@1"]
-         + [f"{k}/map@10" for k in kinds])  # fmt: skip
+         + [f"{k}/map@10" for k in kinds] + ["unseen:map@10", "unseen:recall_subset@1"])  # fmt: skip
     return result

@@ -70,6 +70,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         out_dir=Path(args.out) if args.out else None,
         device=args.device,
         cache_dir=Path(args.cache_dir) if args.cache_dir else None,
+        phrasings=args.phrasing,
     )
     for p in written:
         log.info("wrote %s", p)
@@ -290,6 +291,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", help="folder for submission files (default: next to the checkpoint)")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--cache-dir", help="frozen-feature cache (default: <root>/.dqecir-cache)")
+    ev.add_argument(
+        "--phrasing",
+        nargs="+",
+        choices=["seen", "unseen", "newforms", "newwords"],
+        help="phrasings of the split to score (embedded benchmarks; default: every one present, "
+        "others' keys prefixed '<phrasing>:')",
+    )
     ev.set_defaults(func=_cmd_evaluate)
 
     ab = sub.add_parser("ablate", help="baseline | +AW | +TRNS | full over seeds, with a table")

@@ -23,11 +23,17 @@ from dqecir.models.cir import CIRModel
 log = logging.getLogger(__name__)
 
 
+PHRASINGS = ("seen", "unseen", "newforms", "newwords")
+"""Phrasing variants an embedded benchmark writes for val / test (``<split>-<variant>``)."""
+
+
 @dataclass
 class SplitRanking:
     split: CIRSplit
     rankings: dict[str, list[str]]
     subset_rankings: dict[str, list[str]] | None
+    relevance: dict[str, list[float]] | None = None
+    """Attribute relevance ``alpha`` per query (models with attribute weights)."""
 
 
 @torch.no_grad()
@@ -69,6 +75,7 @@ def rank_split(
     gal_pos = {g: i for i, g in enumerate(split.gallery)}
     rankings: dict[str, list[str]] = {}
     subsets: dict[str, list[str]] = {}
+    relevance: dict[str, list[float]] = {}
     has_members = any(q.members for q in split.queries)
     # The removed reference (score -inf) must never reach the written ranking.
     k = min(topk, len(split.gallery) - (1 if split.remove_reference else 0))
@@ -80,7 +87,11 @@ def rank_split(
         ref = table.images[table.image_rows([q.reference for q in batch])].to(device).float()
         trows = torch.tensor([table.text_row[query_texts(q, train=False)[0]] for q in batch])
         tf = {k_: v.to(device) for k_, v in table.text_batch(trows).items()}
-        q_star = model.query(ref, tf)["q_star"].float()
+        qo = model.query(ref, tf)
+        q_star = qo["q_star"].float()
+        if "alpha" in qo:
+            for q, a in zip(batch, qo["alpha"].float().cpu().tolist(), strict=True):
+                relevance[q.qid] = a
         scores = model.score(q_star, gallery_emb)
         if split.remove_reference:
             for i, q in enumerate(batch):
@@ -95,13 +106,51 @@ def rank_split(
                 ms = torch.tensor([scores[i, gal_pos[m]] for m in mem])
                 order = torch.argsort(ms, descending=True, stable=True).tolist()
                 subsets[q.qid] = [mem[j] for j in order]
-    return SplitRanking(split, rankings, subsets if has_members else None)
+    return SplitRanking(split, rankings, subsets if has_members else None, relevance or None)
 
 
-def score_split(r: SplitRanking) -> dict[str, float]:
+def score_split(r: SplitRanking, attributes: Sequence[str] = ()) -> dict[str, float]:
     from dqecir.scoring import score_rankings
 
-    return score_rankings(r.split, r.rankings, subset_rankings=r.subset_rankings)
+    out = score_rankings(r.split, r.rankings, subset_rankings=r.subset_rankings)
+    if r.relevance and attributes:
+        out.update(relevance_accuracy(r.split, r.relevance, attributes))
+    return out
+
+
+def relevance_accuracy(
+    split: CIRSplit, relevance: dict[str, list[float]], attributes: Sequence[str]
+) -> dict[str, float]:
+    """How often the attribute relevance says right whether the text names an attribute
+    (``alpha > 0.5`` against the annotation's ``mentions``), per attribute and overall, in
+    percent; nothing where the queries carry no ``mentions``."""
+    hits = {a: [] for a in attributes}
+    for q in split.queries:
+        if q.mentions is None or q.qid not in relevance:
+            continue
+        for a, alpha in zip(attributes, relevance[q.qid], strict=False):
+            hits[a].append((alpha > 0.5) == (a in q.mentions))
+    out = {f"attr_acc.{a}": 100.0 * sum(h) / len(h) for a, h in hits.items() if h}
+    if out:
+        every = [x for h in hits.values() for x in h]
+        out["attr_acc"] = 100.0 * sum(every) / len(every)
+    return out
+
+
+def phrasing_splits(benchmark: str, root: Path, split: str) -> dict[str, str]:
+    """Phrasing variant -> split name, for the variants of ``split`` present under ``root``
+    (the embedded benchmarks write ``<split>-unseen`` etc.; other data has ``seen`` only)."""
+    from dqecir.data.formats.circo import annotation_file
+    from dqecir.data.formats.cirr import caption_file
+
+    out = {"seen": split}
+    if benchmark not in ("cirr", "circo"):
+        return out
+    exists = caption_file if benchmark == "cirr" else annotation_file
+    for v in PHRASINGS[1:]:
+        if exists(Path(root), f"{split}-{v}").is_file():
+            out[v] = f"{split}-{v}"
+    return out
 
 
 def merge_metrics(results: Sequence[tuple[CIRSplit, dict[str, float]]]) -> dict[str, float]:
@@ -158,11 +207,18 @@ def evaluate_checkpoint(
     device: str = "auto",
     cache_dir: Path | None = None,
     categories: Sequence[str] | None = None,
+    phrasings: Sequence[str] | None = None,
 ) -> tuple[dict[str, float], list[Path]]:
     """Evaluate a checkpoint on a benchmark split.
 
     Splits with targets are scored (same keys as ``dqecir score``); splits without targets get
     the official submission files in ``out_dir``. Returns the metrics and the files written.
+
+    Where the benchmark also holds other phrasings of the split (``<split>-unseen``,
+    ``-newforms``, ``-newwords``: the embedded benchmarks), each is scored too, its metrics
+    prefixed ``<variant>:`` (``unseen:map@10``); ``phrasings`` limits which (default: all
+    present). Models with attribute weights add ``attr_acc.<attribute>``: how often the
+    relevance agrees with the annotated mentions.
     """
     from dqecir.data.formats import load_benchmark
     from dqecir.data.pipeline import build_features
@@ -172,20 +228,40 @@ def evaluate_checkpoint(
     dev = resolve_device(device)
     model, ck = load_model(checkpoint, dev)
     kw = {"categories": list(categories)} if categories and benchmark == "fashioniq" else {}
-    splits = load_benchmark(benchmark, Path(root), split, **kw)
+    variants = phrasing_splits(benchmark, Path(root), split)
+    if phrasings is not None:
+        unknown = sorted(set(phrasings) - set(variants))
+        if unknown:
+            raise ValueError(
+                f"phrasing(s) {unknown} not found for split {split!r} (present: {sorted(variants)})"
+            )
+        variants = {v: n for v, n in variants.items() if v in phrasings}
+    by_variant = {v: load_benchmark(benchmark, Path(root), n, **kw) for v, n in variants.items()}
     cache = cache_dir or Path(root) / ".dqecir-cache"
-    table = build_features(model.backbone, splits, train=False, cache_dir=cache, device=dev)
-    results, written = [], []
-    out = out_dir or ck.path.parent / f"submission-{benchmark}-{split}"
-    for s in splits:
-        r = rank_split(model, s, table, dev, progress=True)
-        name = f"{benchmark}_{split}" + (
-            f"_{s.queries[0].group}" if s.queries and s.queries[0].group else ""
-        )
-        if s.has_targets:
-            results.append((s, score_split(r)))
-        else:
-            written += write_submission(r, out, name)
-    if written and s.remove_reference:
+    every = [s for splits in by_variant.values() for s in splits]
+    table = build_features(model.backbone, every, train=False, cache_dir=cache, device=dev)
+    metrics: dict[str, float] = {}
+    written: list[Path] = []
+    gallery_cache: dict[tuple[str, ...], torch.Tensor] = {}
+    for v, splits in by_variant.items():
+        results = []
+        out = out_dir or ck.path.parent / f"submission-{benchmark}-{variants[v]}"
+        for s in splits:
+            key = tuple(s.gallery)
+            if key not in gallery_cache:  # the variants share their gallery
+                rows = table.image_rows(s.gallery)
+                gallery_cache[key] = embed_gallery(model, table.images[rows], dev)
+            r = rank_split(model, s, table, dev, progress=True, gallery_emb=gallery_cache[key])
+            name = f"{benchmark}_{variants[v]}" + (
+                f"_{s.queries[0].group}" if s.queries and s.queries[0].group else ""
+            )
+            if s.has_targets:
+                results.append((s, score_split(r, model.attributes)))
+            else:
+                written += write_submission(r, out, name)
+        prefix = "" if v == "seen" else f"{v}:"
+        for k, val in (merge_metrics(results) if results else {}).items():
+            metrics[prefix + k] = val
+    if written and every[-1].remove_reference:
         log.info("the reference image was removed from every ranking before writing")
-    return (merge_metrics(results) if results else {}), written
+    return metrics, written

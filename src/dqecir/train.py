@@ -457,7 +457,7 @@ class Trainer:
                 self.model, s, self.val_table, self.device,
                 batch_size=self.cfg.eval.batch_size, topk=self.cfg.eval.topk,
             )  # fmt: skip
-            results.append((s, score_split(r)))
+            results.append((s, score_split(r, self.model.attributes)))
         self.model.train()
         return self.dist.broadcast_object(merge_metrics(results))
 

