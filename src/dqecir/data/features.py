@@ -8,8 +8,9 @@ Layout of a cache folder (one per dataset and backbone family; the folder is alw
     DIR/texts/...                     the same for texts, keyed by sha256 of the exact text
 
 Rules:
-- a store is keyed by the backbone's ``image_cache_key()`` / ``text_cache_key()`` (model +
-  preprocessing); a store built under another key is rebuilt, with a log line saying why;
+- a store is keyed by the backbone's ``image_cache_key()`` (with the image loader's
+  ``LOADER_VERSION``) / ``text_cache_key()`` (model + preprocessing); a store built under
+  another key is rebuilt, with a log line saying why;
 - adding rows writes a new generation (old rows copied, new ones computed in batches straight
   into the memmaps) and then replaces the manifest atomically (temp + fsync + rename), so an
   interrupted run leaves the previous generation intact;
@@ -38,7 +39,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dqecir.data.images import load_tensor
+from dqecir.data.images import LOADER_VERSION, load_tensor
 from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone
 
@@ -376,7 +377,8 @@ class FeatureCache:
         """
         path_of = _path_map(ids, paths)
         store = _Store(self.root / "images", "images", self.dtype)
-        key = backbone.image_cache_key()
+        # the loader's version too: a file that decodes to other pixels needs new features
+        key = f"{backbone.image_cache_key()}|loader-{LOADER_VERSION}"
         table = store.open(key, hashed=False)
         missing = _missing(table, ids)
         if not missing:
