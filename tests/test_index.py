@@ -8,6 +8,7 @@ import faiss  # noqa: E402,F401  (dqecir[index]: a missing install fails here, n
 import numpy as np
 import pytest
 import torch
+from bad_images import runtime_error_avif, strip_png
 
 import dqecir.index as index_mod
 from dqecir.checkpoint import load_checkpoint, save_checkpoint
@@ -63,6 +64,8 @@ def test_unreadable_images_are_reported_not_dropped(trained, tmp_path, capsys):
     good = (folder / "0.png").read_bytes()
     (folder / "sub" / "truncated.PNG").write_bytes(good[: len(good) // 2])
     (folder / "readme.txt").write_text("ignored: not an image extension")
+    (folder / "avif.png").write_bytes(runtime_error_avif())  # Pillow raises RuntimeError
+    (folder / "strip.png").write_bytes(strip_png())  # 1 x 20000: absurd aspect ratio
     rc = main(
         [
             "index",
@@ -79,10 +82,13 @@ def test_unreadable_images_are_reported_not_dropped(trained, tmp_path, capsys):
     assert rc == 0
     out = capsys.readouterr()
     summary = json.loads(out.out.strip().splitlines()[-1])
-    assert summary["count"] == 6 and summary["unreadable"] == 2
+    assert summary["count"] == 6 and summary["unreadable"] == 4
     assert str(folder / "notes.jpg") in out.err and str(folder / "sub/truncated.PNG") in out.err
+    assert "avif.png: file" in out.err and "RuntimeError" in out.err
+    assert "strip.png: file" in out.err and "aspect ratio of 20000:1" in out.err
     index = load_index(tmp_path / "index")
-    assert {u["id"] for u in index.unreadable} == {"notes.jpg", "sub/truncated.PNG"}
+    bad = {"notes.jpg", "sub/truncated.PNG", "avif.png", "strip.png"}
+    assert {u["id"] for u in index.unreadable} == bad
     assert all(u["error"] for u in index.unreadable)
     assert len(index) == 6 and "sub/1.png" in index
 
@@ -221,3 +227,23 @@ def test_search_cli_json_and_text(trained, built, capsys):
     )
     text = capsys.readouterr().out.splitlines()
     assert len(text) == 4 and text[0].split()[0] == "1" and "attribute relevance" in text[-1]
+
+
+@pytest.mark.parametrize(
+    ("text", "k", "message"),
+    [
+        ("", "5", "text is empty"),
+        ("   ", "5", "text is empty"),
+        ("make it red", "0", "k must be at least 1, got 0"),
+        ("make it red", "-1", "k must be at least 1, got -1"),
+        ("make it \udcff red", "5", "not valid UTF-8"),  # how argv carries invalid bytes
+    ],
+)
+def test_search_cli_refuses_what_the_api_refuses(built, trained, capsys, text, k, message):
+    _, images = trained
+    _, out = built
+    ref = sorted(images.glob("test1/*.png"))[0]
+    argv = ["search", "--index", str(out), "--image", str(ref), "--text", text, "-k", k]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err

@@ -2,19 +2,25 @@
 and 16 concurrent searches answering like serial ones."""
 
 import io
+import shutil
+import socket
 import struct
+import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from bad_images import runtime_error_avif, strip_png
 from PIL import Image
 
 from dqecir.data.images import load_tensor
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, Limits, create_app
 
-LIMITS = Limits(max_body_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20)
+LIMITS = Limits(
+    max_body_bytes=200_000, max_pixels=1_000_000, max_text_chars=50, max_k=20, body_timeout_s=1.0
+)
 
 
 @pytest.fixture(scope="module")
@@ -93,6 +99,9 @@ def test_search_by_id_and_by_upload_match_the_library(server):
         ({"upload": _png_header_only(30_000, 30_000)}, 400, "decompression bomb"),
         ({"upload": _png((2000, 1000))}, 400, "above the limit of 1000000"),
         ({"upload": b""}, 400, "empty"),
+        ({"upload": runtime_error_avif()}, 400, "RuntimeError"),  # was a bare 500
+        ({"upload": strip_png()}, 400, "aspect ratio of 20000:1"),  # was 1.3 GB of canvas
+        ({"upload": _png(), "text": "   "}, 422, "text is empty"),
         ({"upload": _png(), "text": ""}, 422, "text is empty"),
         ({"upload": _png(), "text": "x" * 51}, 422, "limit is 50"),
         ({"upload": _png(), "k": 0}, 422, "k must be between 1 and 20"),
@@ -107,6 +116,7 @@ def test_bad_inputs_get_clear_errors_and_the_server_keeps_serving(server, kwargs
     r = _search(client, **kwargs)
     assert r.status_code == status, r.text
     assert message in r.json()["detail"]
+    assert "/tmp" not in r.json()["detail"] and "dqecir-upload" not in r.json()["detail"]
     assert client.get("/healthz").status_code == 200
 
 
@@ -145,3 +155,74 @@ def test_concurrent_searches_answer_like_serial_ones(server):
     with ThreadPoolExecutor(16) as pool:
         parallel = list(pool.map(run, jobs))
     assert parallel == serial
+
+
+def test_security_headers_on_every_answer_and_no_cdn(server):
+    client, _, _ = server
+    answers = [
+        client.get("/"),
+        client.get("/static/app.js"),
+        client.get("/api/examples"),
+        _search(client, text=""),  # 422
+        _search(client, upload=_png() + b"\0" * 300_000),  # 413 from the middleware
+    ]
+    for r in answers:
+        assert r.headers["x-content-type-options"] == "nosniff", r.url
+        assert r.headers["x-frame-options"] == "DENY"
+        csp = r.headers["content-security-policy"]
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+    assert client.get("/api/docs").status_code == 404  # Swagger UI would load from a CDN
+    spec = client.get("/api/openapi.json")
+    assert spec.status_code == 200 and "/api/search" in spec.json()["paths"]
+    page = client.get("/").text + client.get("/static/app.js").text
+    assert "http://" not in page and "https://" not in page  # nothing from elsewhere
+
+
+def test_stalled_uploads_get_408_and_are_closed(server):
+    """50 clients that announce a body and stop sending: each gets 408 once the body timeout
+    (1 s here) has passed, and its connection is closed; the server keeps answering."""
+    client, _, _ = server
+    host, port = client.base_url.host, client.base_url.port
+    head = (
+        f"POST /api/search HTTP/1.1\r\nHost: {host}\r\nContent-Length: 5000\r\n"
+        "Content-Type: multipart/form-data; boundary=x\r\n\r\n--x\r\n"
+    ).encode()
+    socks = []
+    for _ in range(50):
+        s = socket.create_connection((host, port), timeout=10)
+        s.sendall(head)
+        socks.append(s)
+    start = time.monotonic()
+    assert client.get("/healthz").status_code == 200  # not blocked meanwhile
+    for s in socks:
+        data = b""
+        while chunk := s.recv(4096):  # b"" once the server closes the connection
+            data += chunk
+        s.close()
+        assert data.startswith(b"HTTP/1.1 408"), data[:80]
+        assert b"not received within 1 s" in data
+    assert time.monotonic() - start < 10
+    assert client.get("/healthz").status_code == 200
+
+
+def test_unreadable_index_image_errors_show_no_server_path(tiny_trained, tmp_path):
+    """An index image that went bad after indexing: the search by id and its thumbnail say
+    so by id, without the server's folders."""
+    ck, bench = tiny_trained
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in sorted((bench / "test1").glob("*.png"))[:6]:
+        shutil.copy(name, images / name.name)
+    build_index(ck, images, tmp_path / "index", progress=False)
+    victim = sorted(images.iterdir())[2]
+    victim.write_bytes(b"overwritten since")
+    app = create_app(tmp_path / "index")
+    with BackgroundServer(app) as url, httpx.Client(base_url=url, timeout=30) as client:
+        r = _search(client, image_id=victim.name)
+        assert r.status_code == 500
+        thumb = client.get(f"/api/images/{victim.name}")
+        assert thumb.status_code == 404
+        for detail in (r.json()["detail"], thumb.json()["detail"]):
+            assert f"index image {victim.name!r} can no longer be read" in detail
+            assert str(tmp_path) not in detail and "/" not in detail.split(":", 1)[1], detail
+        assert _search(client, image_id=sorted(images.iterdir())[0].name).status_code == 200

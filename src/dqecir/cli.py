@@ -173,8 +173,9 @@ def _engine(args: argparse.Namespace) -> tuple[str, object]:
 
 def _cmd_search(args: argparse.Namespace) -> int:
     from dqecir.data.images import load_tensor
-    from dqecir.engines import Searcher
+    from dqecir.engines import Searcher, check_query
 
+    check_query(args.text, args.k)  # the API's rules, before anything is loaded
     engine, options = _engine(args)
     searcher = Searcher.open(
         Path(args.index),

@@ -36,7 +36,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from dqecir.errors import DqecirError
+from dqecir.errors import DqecirError, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -590,6 +590,27 @@ class QdrantEngine:
 
 
 # ---- model + index + engine --------------------------------------------------------
+def check_query(
+    text: str, k: int, *, max_chars: int | None = None, max_k: int | None = None
+) -> None:
+    """Refuse what no search can answer, with the same words everywhere (``dqecir search``,
+    the HTTP API, :meth:`Searcher.search`): empty text, text that is not valid UTF-8 (a
+    command line given undecodable bytes), ``k < 1``, and the server's limits when given."""
+    if not text.strip():
+        raise QueryError("text is empty: describe the change you want")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise QueryError(
+            f"text is not valid UTF-8 (undecodable byte at character {e.start + 1})"
+        ) from None
+    if max_chars is not None and len(text) > max_chars:
+        raise QueryError(f"text has {len(text)} characters, the limit is {max_chars}")
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1 or (max_k and k > max_k):
+        bound = f"between 1 and {max_k}" if max_k else "at least 1"
+        raise QueryError(f"k must be {bound}, got {k}")
+
+
 @dataclass(frozen=True)
 class Hit:
     rank: int
@@ -687,6 +708,8 @@ class Searcher:
         k: int = 10,
         exclude: Sequence[Sequence[str]] | None = None,
     ) -> list[SearchResult]:
+        for text in texts:
+            check_query(text, k)
         enc = self.encode(pixels, texts)
         exclude = exclude or [()] * len(texts)
         extra = max((len(e) for e in exclude), default=0)

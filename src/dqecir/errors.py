@@ -24,6 +24,8 @@ class DataError(DqecirError):
         record: object | None = None,
         field: str | None = None,
     ) -> None:
+        self.reason = message
+        """The message without the location (for a reader who must not see server paths)."""
         self.file = str(file) if file is not None else None
         self.record = record
         self.field = field
@@ -44,3 +46,7 @@ class PredictionsError(DataError):
 
 class CheckpointError(DqecirError):
     """A checkpoint or index is missing, corrupted or does not match what loads it."""
+
+
+class QueryError(DqecirError):
+    """A search query that cannot be answered as given (empty text, ``k < 1``...)."""

@@ -7,14 +7,20 @@ Endpoints:
     GET  /api/images/{id}       JPEG thumbnail of an index image (ids of the index only)
     POST /api/search            multipart: ``image`` (file) or ``image_id``, ``text``, ``k``
 
+    GET  /api/openapi.json      the API description (no Swagger UI: it loads from a CDN)
+
 Limits (:class:`Limits`): request body size (413, checked on Content-Length and while reading),
-image pixels (decompression bombs), unreadable / truncated / non-image uploads (400, with the
-reason), text length, empty text and ``k`` (422). CPU-heavy endpoints are plain ``def``, so
-FastAPI runs them in its thread pool and the event loop keeps serving.
+time to receive the body (408), image pixels (decompression bombs) and aspect ratio,
+unreadable / truncated / non-image uploads (400, with the reason), text length, empty text and
+``k`` (422). Every answer carries ``X-Content-Type-Options: nosniff``, a same-origin
+Content-Security-Policy and ``X-Frame-Options: DENY``; error messages never show server
+paths. CPU-heavy endpoints are plain ``def``, so FastAPI runs them in its thread pool and the
+event loop keeps serving.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import threading
@@ -32,8 +38,8 @@ from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
 from dqecir.data.images import load_image, to_tensor
-from dqecir.engines import FaissOptions, Searcher
-from dqecir.errors import DataError
+from dqecir.engines import FaissOptions, Searcher, check_query
+from dqecir.errors import DataError, QueryError
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,9 @@ STATIC = Path(__file__).resolve().parent / "static"
 class Limits:
     max_body_bytes: int = 10 << 20
     """Whole request body (the upload plus the form fields)."""
+    body_timeout_s: float = 30.0
+    """Time a client has to send the whole body; a stalled upload gets 408 and its connection
+    is closed (it would otherwise hold a worker and a socket for ever)."""
     max_pixels: int = 40_000_000
     """Uploaded images above this many pixels are refused before decoding."""
     max_text_chars: int = 300
@@ -57,12 +66,18 @@ class _BodyTooLarge(HTTPException):
         super().__init__(413, f"request body larger than the limit of {limit} bytes")
 
 
-class BodyLimit:
-    """ASGI middleware refusing request bodies over ``max_bytes`` with 413: at once when
-    Content-Length says so, else as soon as the streamed body passes the limit."""
+class _BodyTooSlow(HTTPException):
+    def __init__(self, seconds: float) -> None:
+        super().__init__(408, f"request body not received within {seconds:g} s")
 
-    def __init__(self, app: Any, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+class BodyLimit:
+    """ASGI middleware refusing request bodies over ``max_bytes`` with 413 (at once when
+    Content-Length says so, else as soon as the streamed body passes the limit) and bodies
+    not received within ``timeout_s`` of the first read with 408."""
+
+    def __init__(self, app: Any, max_bytes: int, timeout_s: float = 30.0) -> None:
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -72,11 +87,16 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             await _json(send, 413, _BodyTooLarge(self.max_bytes).detail)
             return
-        seen, started = 0, False
+        seen, started, deadline = 0, False, None
+        loop = asyncio.get_running_loop()
 
         async def limited_receive() -> dict:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, deadline
+            deadline = deadline or loop.time() + self.timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise _BodyTooSlow(self.timeout_s) from None
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
@@ -90,14 +110,52 @@ class BodyLimit:
 
         try:
             await self.app(scope, limited_receive, tracking_send)
-        except _BodyTooLarge as e:
+        except (_BodyTooLarge, _BodyTooSlow) as e:
             if not started:
-                await _json(send, 413, e.detail)
+                await _json(send, e.status_code, e.detail, close=True)
 
 
-async def _json(send: Any, status: int, detail: str) -> None:
+SECURITY_HEADERS = {
+    b"x-content-type-options": b"nosniff",
+    b"x-frame-options": b"DENY",
+    b"referrer-policy": b"no-referrer",
+    b"content-security-policy": (
+        b"default-src 'self'; img-src 'self' blob: data:; script-src 'self'; "
+        b"style-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+        b"frame-ancestors 'none'"
+    ),
+}
+"""On every answer: no MIME sniffing (a thumbnail is never run as a script), nothing but the
+page's own files (no inline script, no other origin; uploads preview as ``blob:`` URLs), never
+framed."""
+
+
+class SecurityHeaders:
+    """ASGI middleware adding :data:`SECURITY_HEADERS` to every HTTP response."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                have = {k.lower() for k, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in SECURITY_HEADERS.items() if k not in have]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, with_headers)
+
+
+async def _json(send: Any, status: int, detail: str, close: bool = False) -> None:
     body = JSONResponse({"detail": detail}, status_code=status).body
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    if close:  # the rest of the body is never read: the connection cannot be reused
+        headers.append((b"connection", b"close"))
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
@@ -124,9 +182,14 @@ def create_app(
             verify=verify,
             options=options,
         )
-    app = FastAPI(title="DQE-CIR search", docs_url="/api/docs", redoc_url=None)
+    # No Swagger UI / ReDoc: FastAPI's load their scripts from a CDN, and the machines this
+    # runs on are often offline. The OpenAPI description itself is served.
+    app = FastAPI(
+        title="DQE-CIR search", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
+    )
     app.state.searcher, app.state.limits = searcher, limits
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
+    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, timeout_s=limits.body_timeout_s)
+    app.add_middleware(SecurityHeaders)  # outermost: also on the 413 / 408 answers
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     thumbnail = lru_cache(maxsize=limits.thumb_cache)(
         lambda image_id: _thumbnail(searcher, image_id, limits.thumb_size)
@@ -203,14 +266,10 @@ def _url(image_id: str) -> str:
 def _check_query(
     text: str, k: int, image_id: str | None, image: UploadFile | None, limits: Limits
 ) -> None:
-    if not text.strip():
-        raise HTTPException(422, "text is empty: describe the change you want")
-    if len(text) > limits.max_text_chars:
-        raise HTTPException(
-            422, f"text has {len(text)} characters, the limit is {limits.max_text_chars}"
-        )
-    if not 1 <= k <= limits.max_k:
-        raise HTTPException(422, f"k must be between 1 and {limits.max_k}, got {k}")
+    try:
+        check_query(text, k, max_chars=limits.max_text_chars, max_k=limits.max_k)
+    except QueryError as e:
+        raise HTTPException(422, str(e)) from e
     has_upload = image is not None and bool(image.filename or image.size)
     if has_upload == bool(image_id):
         raise HTTPException(422, "give exactly one reference: an image file or an image_id")
@@ -224,10 +283,7 @@ def _reference(
     if image_id:
         if image_id not in searcher.index:
             raise HTTPException(404, f"no image {image_id!r} in the index")
-        try:
-            img = load_image(searcher.index.path_of(image_id))
-        except DataError as e:
-            raise HTTPException(500, f"index image {image_id!r} is unreadable: {e}") from e
+        img = _index_image(searcher, image_id, 500)
         return to_tensor(img, pre), (image_id,), None
     assert upload is not None
     name = upload.filename or "upload"
@@ -246,15 +302,27 @@ def _decode_upload(upload: UploadFile, name: str, limits: Limits) -> Image.Image
         try:
             return load_image(path, max_pixels=limits.max_pixels)
         except DataError as e:
-            reason = str(e).replace(f"file {path}: ", "").replace(str(path), "the upload")
+            reason = e.reason.replace(str(path), "the upload")
             raise HTTPException(400, f"upload {name!r} is not a usable image: {reason}") from e
 
 
-def _thumbnail(searcher: Searcher, image_id: str, size: int) -> bytes:
+def _index_image(searcher: Searcher, image_id: str, status: int) -> Image.Image:
+    """An index image, or the HTTP error ``status`` saying why not, in words that show no
+    server path (the file changed or went away since it was indexed)."""
+    path = searcher.index.path_of(image_id)
     try:
-        img = load_image(searcher.index.path_of(image_id))
+        return load_image(path)
     except DataError as e:
-        raise HTTPException(404, f"index image {image_id!r} is unreadable: {e}") from e
+        reason = e.reason.replace(str(path), image_id).replace(
+            str(searcher.index.images_root), "<images>"
+        )
+        raise HTTPException(
+            status, f"index image {image_id!r} can no longer be read: {reason}"
+        ) from e
+
+
+def _thumbnail(searcher: Searcher, image_id: str, size: int) -> bytes:
+    img = _index_image(searcher, image_id, 404)
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = BytesIO()
     img.save(buf, format="JPEG", quality=88)
