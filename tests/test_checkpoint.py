@@ -68,3 +68,59 @@ def test_failed_write_keeps_the_old_file(tmp_path):
         atomic_write(p, boom)
     assert load_checkpoint(p).meta["epoch"] == 1
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _tensor_bytes_offset(path, name):
+    """Where the bytes of tensor ``name`` start in a safetensors file (8-byte header length,
+    JSON header, then the data block)."""
+    import json
+    import struct
+
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    return 8 + n + header[name]["data_offsets"][0]
+
+
+def test_a_changed_weight_byte_is_refused(tmp_path):
+    """One NaN written over a weight (what made evaluate report recall@1 3.3 with exit 0)."""
+    import struct
+
+    p = tmp_path / "ck.safetensors"
+    _save(p)
+    data = bytearray(p.read_bytes())
+    at = _tensor_bytes_offset(p, "model.weight")
+    data[at : at + 4] = struct.pack("<f", float("nan"))
+    p.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="do not match the checksum") as e:
+        load_checkpoint(p)
+    assert "ck.safetensors" in str(e.value)
+
+
+def test_non_finite_weights_are_refused_even_with_a_valid_checksum(tmp_path):
+    model = torch.nn.Linear(3, 2)
+    state = dict(model.state_dict())
+    state["weight"] = state["weight"].clone()
+    state["weight"][0, 1] = float("inf")
+    p = tmp_path / "diverged.safetensors"
+    save_checkpoint(p, model_state=state, meta={"config": {}, "preprocess": {}})
+    with pytest.raises(CheckpointError, match="weight weight holds 1 NaN / infinite"):
+        load_checkpoint(p)
+
+
+def test_checkpoints_without_a_checksum_still_load_with_a_warning(tmp_path, caplog):
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    p = tmp_path / "old.safetensors"
+    _save(p)
+    with safe_open(str(p), framework="pt") as f:
+        meta = json.loads(f.metadata()["dqecir"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    del meta["tensors_sha256"]
+    save_file(tensors, str(p), metadata={"dqecir": json.dumps(meta)})
+    with caplog.at_level("WARNING"):
+        assert load_checkpoint(p).meta["config"] == {"name": "x"}
+    assert "without a tensor checksum" in caplog.text

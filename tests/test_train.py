@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from dqecir.checkpoint import load_checkpoint
+from dqecir.cli import main
 from dqecir.config import load_config
 from dqecir.data.synthetic import make_benchmark
 from dqecir.evaluate import evaluate_checkpoint
@@ -178,3 +179,130 @@ def test_each_epoch_reads_a_fresh_phrasing(bench, tmp_path):
     assert torch.equal(seen[0], qz.options_of_epoch(rows, 8, trainer._text_offset))
     capped = Trainer(_cfg(bench, tmp_path, "data.caption_variants=2"), tmp_path)
     assert int(capped.queries.n_options.max()) == 2
+
+
+def _records(run: Path) -> list[tuple]:
+    lines = (run / "log.jsonl").read_text().splitlines()
+    return [(r["event"], r["epoch"], r["step"]) for r in map(json.loads, lines)]
+
+
+def test_resume_after_a_kill_keeps_one_copy_of_each_record(bench, tmp_path):
+    """A kill in the middle of epoch 2 leaves its first records (one of them cut short) and a
+    temporary checkpoint file; the resumed run's log is the uninterrupted run's, record for
+    record, and the temporary file is gone."""
+    over = ("train.log_every=1", "train.epochs=3")
+    full, part = tmp_path / "full", tmp_path / "part"
+    train(_cfg(bench, tmp_path, *over), full)
+    train(_cfg(bench, tmp_path, *over), part, stop_after_epoch=1)
+    killed = [r for r in (full / "log.jsonl").read_text().splitlines()
+              if json.loads(r)["epoch"] == 1][:4]  # fmt: skip
+    with open(part / "log.jsonl", "a") as f:
+        f.write("\n".join(killed) + "\n" + killed[-1][:17])  # the last line half written
+    (part / ".last.safetensors.k1ll3d.tmp").write_bytes(b"partial checkpoint")
+    assert main(["train", "--resume", str(part)]) == 0
+    assert _records(part) == _records(full)
+    assert not list(part.glob(".*.tmp"))
+
+
+def test_set_with_resume_is_refused(bench, tmp_path, capsys):
+    run = tmp_path / "run"
+    train(_cfg(bench, tmp_path, "train.epochs=2"), run, stop_after_epoch=1)
+    before = (run / "last.safetensors").read_bytes()
+    assert main(["train", "--resume", str(run), "--set", "train.epochs=5"]) == 2
+    err = capsys.readouterr().err
+    assert "--set would be ignored, so they are refused" in err and "--out NEW_DIR" in err
+    assert (run / "last.safetensors").read_bytes() == before
+
+
+def _rewrite_checkpoint(path: Path, change) -> None:
+    """Write ``path`` again with ``change(tensors)`` applied and a valid checksum: a
+    well-formed file whose content does not fit the run."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from dqecir.checkpoint import tensors_sha256
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["dqecir"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    change(tensors)
+    meta["tensors_sha256"] = tensors_sha256(tensors)
+    save_file(tensors, str(path), metadata={"dqecir": json.dumps(meta)})
+
+
+def _first(tensors: dict, prefix: str) -> str:
+    return sorted(k for k in tensors if k.startswith(prefix) and tensors[k].dim() == 2)[0]
+
+
+def _transpose_weight(t: dict) -> None:
+    k = _first(t, "model.")
+    t[k] = t[k].T.contiguous()
+
+
+def _resize_moment(t: dict) -> None:
+    t[_first(t, "optim.")] = torch.zeros(7, 7)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda t: t.pop("trns.negatives"), "cannot resume from it (KeyError: 'trns.negatives')"),
+        (lambda t: t.pop(_first(t, "model.")), "missing"),
+        (_transpose_weight, "shape"),
+        (lambda t: t.update({"trns.negatives": torch.zeros(3, 1, dtype=torch.long)}), "shape"),
+        (_resize_moment, "optimizer"),
+    ],
+)
+def test_resume_from_a_checkpoint_that_does_not_fit_is_a_clear_error(
+    bench, tmp_path, capsys, change, message
+):
+    run = tmp_path / "run"
+    train(_cfg(bench, tmp_path, "train.epochs=2"), run, stop_after_epoch=1)
+    _rewrite_checkpoint(run / "last.safetensors", change)
+    log_before = (run / "log.jsonl").read_text()
+    assert main(["train", "--resume", str(run)]) == 2
+    err = capsys.readouterr().err
+    assert "last.safetensors" in err and message in err and "Traceback" not in err, err
+    assert (run / "log.jsonl").read_text() == log_before  # nothing of the run lost
+
+
+def test_a_non_finite_loss_stops_training_with_a_message(bench, tmp_path, capsys, monkeypatch):
+    """The loss turns NaN in epoch 2: the run stops there, says so, and last.safetensors
+    still holds the good epoch 1 (before, the NaN epoch was trained and saved)."""
+    step_losses = Trainer.step_losses
+
+    def poisoned(self, b, gen):
+        terms = step_losses(self, b, gen)
+        if self.state.epoch == 1 and self.state.global_step % self.steps_per_epoch == 2:
+            terms["loss"] = terms["loss"] * float("nan")
+        return terms
+
+    monkeypatch.setattr(Trainer, "step_losses", poisoned)
+    run = tmp_path / "run"
+    argv = ["train", "--config", str(CONFIG), "--out", str(run), "--set",
+            f"data.root={bench / 'cirr'}", "--set", f"data.cache_dir={tmp_path / 'cache'}",
+            "--set", "train.epochs=3"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at epoch 2" in err and "loss nan" in err
+    assert "holds epoch 1" in err and "Traceback" not in err
+    assert load_checkpoint(run / "last.safetensors").meta["state"]["epoch"] == 1
+    assert [r for r in _records(run) if r[0] == "diverged"]
+
+
+def test_evaluate_refuses_a_checkpoint_with_a_nan_written_into_it(bench, tmp_path, capsys):
+    import struct
+
+    best = train(_cfg(bench, tmp_path, "train.epochs=1"), tmp_path / "run")
+    raw = bytearray(best.read_bytes())
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + n])
+    name = next(k for k in sorted(header) if k.startswith("model.") and "F32" in str(header[k]))
+    at = 8 + n + header[name]["data_offsets"][0]
+    raw[at : at + 4] = struct.pack("<f", float("nan"))
+    best.write_bytes(bytes(raw))
+    argv = ["evaluate", "--checkpoint", str(best), "--benchmark", "cirr", "--root",
+            str(bench / "cirr"), "--split", "val", "--cache-dir", str(tmp_path / "cache")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "do not match the checksum" in err and "best.safetensors" in err

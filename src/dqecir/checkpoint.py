@@ -3,12 +3,17 @@
 Tensors are stored under prefixes: ``model.`` (trainable weights), ``optim.`` (optimizer state
 tensors), ``trns.`` (current negative sets), ``rng.`` (torch RNG states). Everything else — the
 resolved config, preprocessing, epoch / step, optimizer hyper-parameters, Python / numpy RNG
-state, metrics — is JSON in the file's metadata under the key ``dqecir``.
+state, metrics — is JSON in the file's metadata under the key ``dqecir``, together with
+``tensors_sha256``: the sha256 of every tensor (name, dtype, shape, bytes, in name order),
+checked on load, so that a changed byte in the weights (one NaN where a float was) is refused
+instead of evaluated. Model weights must also be finite.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -20,8 +25,20 @@ from safetensors.torch import load_file, save_file
 
 from dqecir.errors import CheckpointError
 
+log = logging.getLogger(__name__)
+
 FORMAT = "dqecir-checkpoint"
 VERSION = 1
+
+
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().cpu().contiguous()
+        h.update(json.dumps([name, str(t.dtype), list(t.shape)]).encode("utf-8"))
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -91,6 +108,7 @@ def save_checkpoint(
         tensors[k] = v.detach().cpu().contiguous()
     full_meta["rng_cuda"] = torch.cuda.is_available()
     tensors["rng.torch"] = torch.get_rng_state()
+    full_meta["tensors_sha256"] = tensors_sha256(tensors)
     header = {"dqecir": json.dumps(full_meta)}
     atomic_write(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=header))
 
@@ -151,4 +169,24 @@ def load_checkpoint(path: Path) -> Checkpoint:
             raise CheckpointError(f"checkpoint {path}: metadata lacks '{key}'")
     if not any(k.startswith("model.") for k in tensors):
         raise CheckpointError(f"checkpoint {path}: holds no model weights")
+    _check_tensors(path, meta, tensors)
     return Checkpoint(path, meta, tensors)
+
+
+def _check_tensors(path: Path, meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    want = meta.get("tensors_sha256")
+    if want is None:
+        log.warning("checkpoint %s was written without a tensor checksum: not verified", path)
+    elif tensors_sha256(tensors) != want:
+        raise CheckpointError(
+            f"checkpoint {path}: its tensors do not match the checksum written with them "
+            "(the file was corrupted or edited); use another checkpoint or retrain"
+        )
+    for name, t in tensors.items():
+        if name.startswith("model.") and t.is_floating_point():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                raise CheckpointError(
+                    f"checkpoint {path}: weight {name[len('model.') :]} holds {bad} NaN / "
+                    "infinite value(s); the run that wrote it diverged"
+                )

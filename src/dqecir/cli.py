@@ -42,13 +42,22 @@ def _cmd_score(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from dqecir.config import load_config
+    from dqecir.config import ConfigError, load_config
     from dqecir.train import train
 
     overrides = list(args.set or [])
     if args.data_root:
         overrides.append(f"data.root={args.data_root}")
     if args.resume:
+        given = [f for f, v in (("--set", args.set), ("--config", args.config),
+                                ("--data-root", args.data_root), ("--out", args.out)) if v]  # fmt: skip
+        if given:
+            raise ConfigError(
+                f"--resume continues the run in {args.resume} with its own config "
+                f"({Path(args.resume) / 'config.yaml'}); {', '.join(given)} would be ignored, so "
+                "they are refused. To change the config, start a new run: dqecir train --config "
+                f"{Path(args.resume) / 'config.yaml'} --set ... --out NEW_DIR"
+            )
         best = train(None, Path(args.resume), resume=True)
     else:
         if not args.config or not args.out:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqecir.checkpoint import load_checkpoint, save_checkpoint
+from dqecir.checkpoint import atomic_write, load_checkpoint, save_checkpoint
 from dqecir.config import Config, ConfigError, config_from_dict
 from dqecir.data.pipeline import (
     SplitFeatures,
@@ -35,7 +35,7 @@ from dqecir.data.pipeline import (
 )
 from dqecir.data.types import CIRSplit
 from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
-from dqecir.errors import CheckpointError
+from dqecir.errors import CheckpointError, DqecirError
 from dqecir.evaluate import embed_gallery, merge_metrics, rank_split, score_split
 from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
 from dqecir.models.attribute import AttributeLoss, Lexicon
@@ -44,6 +44,10 @@ from dqecir.models.cir import CIRModel, build_model
 from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(DqecirError):
+    """The loss became NaN or infinite: the run stops before saving anything of it."""
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -503,24 +507,57 @@ class Trainer:
                     f"checkpoint {ck.path}: its {section} config differs from this run's; "
                     "resume with the run's own config.yaml"
                 )
-        self.model.load_trainable_state_dict(
-            {k: v.to(self.device) for k, v in ck.model_state.items()}
-        )
-        opt_state = ck.optimizer_state()
-        if opt_state is not None:
-            self.opt.load_state_dict(opt_state)
-        if "scheduler" in ck.meta:
-            self.sched.load_state_dict(ck.meta["scheduler"])
-        self.state = TrainState(**ck.meta["state"])
-        self.negatives = ck.tensors["trns.negatives"].clone()
-        torch.set_rng_state(ck.tensors["rng.torch"])
-        _set_py_rng_state(ck.meta["python_rng"])
-        _set_np_rng_state(ck.meta["numpy_rng"])
+        try:
+            self._restore(ck)
+        except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
+            raise CheckpointError(
+                f"checkpoint {ck.path}: cannot resume from it ({type(e).__name__}: {e}); "
+                "it does not hold the state this run's config needs"
+            ) from e
         log.info(
             "resumed from %s at epoch %d, step %d",
             ck.path,
             self.state.epoch,
             self.state.global_step,
+        )
+
+    def _restore(self, ck: Any) -> None:
+        """Weights, optimizer, scheduler, loop state, TRNS negatives and RNG from ``ck``; any
+        missing or misshapen piece raises (KeyError, ValueError...) before the loop starts."""
+        self.model.load_trainable_state_dict(
+            {k: v.to(self.device) for k, v in ck.model_state.items()}
+        )
+        opt_state = ck.optimizer_state()
+        if opt_state is not None:
+            _check_optimizer_shapes(self.opt, opt_state)
+            self.opt.load_state_dict(opt_state)
+        if "scheduler" in ck.meta:
+            self.sched.load_state_dict(ck.meta["scheduler"])
+        self.state = TrainState(**ck.meta["state"])
+        negatives = ck.tensors["trns.negatives"]
+        if tuple(negatives.shape) != tuple(self.negatives.shape):
+            raise ValueError(
+                f"trns.negatives has shape {tuple(negatives.shape)}, this run needs "
+                f"{tuple(self.negatives.shape)}"
+            )
+        self.negatives = negatives.clone()
+        torch.set_rng_state(ck.tensors["rng.torch"])
+        _set_py_rng_state(ck.meta["python_rng"])
+        _set_np_rng_state(ck.meta["numpy_rng"])
+
+    def _diverged(self, epoch: int, vals: dict[str, float]) -> None:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
+        kept = (
+            f"{self.out / 'last.safetensors'} holds epoch {self.state.epoch}"
+            if self.state.epoch
+            else "no checkpoint was written"
+        )
+        self.log.write({"event": "diverged", "epoch": epoch, "step": self.state.global_step,
+                        **{k: v if math.isfinite(v) else str(v) for k, v in vals.items()}})  # fmt: skip
+        raise TrainingDiverged(
+            f"training diverged at epoch {epoch + 1}, step {self.state.global_step}: "
+            f"the loss is not finite ({terms}); stopped without saving this epoch ({kept}). "
+            "Lower train.lr, check train.grad_clip, or look for broken data"
         )
 
     def _backward(self, loss: torch.Tensor, n_batch: int) -> None:
@@ -575,6 +612,8 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 vals = {k: float(v.detach()) for k, v in terms.items()}
                 vals = self.dist.weighted_mean(vals, _size(self.dist.share(len(b))))
+                if not math.isfinite(vals["loss"]):  # the same on every process
+                    self._diverged(epoch, vals)
                 for k, v in vals.items():
                     sums[k] = sums.get(k, 0.0) + v
                 n_sums += 1
@@ -620,6 +659,20 @@ class Trainer:
         if not (self.out / "best.safetensors").exists():
             self.save("best.safetensors")
         return last_path
+
+
+def _check_optimizer_shapes(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """torch loads optimizer moments of any shape and fails at the first step; fail now."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for pid, st in state["state"].items():
+        if not 0 <= int(pid) < len(params):
+            raise ValueError(f"optimizer state for parameter {pid}, the model has {len(params)}")
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape != params[int(pid)].shape:
+                raise ValueError(
+                    f"optimizer {name} of parameter {pid} has shape {tuple(v.shape)}, the "
+                    f"parameter {tuple(params[int(pid)].shape)}"
+                )
 
 
 def _size(s: slice) -> int:
@@ -676,25 +729,64 @@ def _set_np_rng_state(s: list) -> None:
     np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
 
 
-def train(cfg: Config, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0) -> Path:
-    """Train with ``cfg`` into ``out_dir`` (or continue the run there with ``resume``); returns
-    the path of the best checkpoint."""
+def train(
+    cfg: Config | None, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0
+) -> Path:
+    """Train with ``cfg`` into ``out_dir`` (or, with ``resume`` and ``cfg=None``, continue the
+    run there with its own config); returns the path of the best checkpoint."""
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     if resume:
+        if cfg is not None:
+            raise ConfigError("resume=True continues the run with its own config: pass cfg=None")
         last = out / "last.safetensors"
         if not last.exists():
             raise CheckpointError(f"--resume: {last} does not exist")
         cfg = config_from_dict(load_checkpoint(last).meta["config"])
+    elif cfg is None:
+        raise ConfigError("train: a config is needed unless resuming")
+    out.mkdir(parents=True, exist_ok=True)
     env = init_distributed(cfg.train.device)  # a single process unless under torchrun
     try:
         if env.is_main:
+            _drop_temporary_files(out)
             if not resume:
                 (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
             (out / "config.yaml").write_text(cfg.to_yaml())
         trainer = Trainer(cfg, out, dist=env)
         if resume:
             trainer.resume(out / "last.safetensors")
+            if env.is_main:
+                _truncate_log(out / "log.jsonl", trainer.state.epoch)
         return trainer.fit(stop_after_epoch=stop_after_epoch)
     finally:
         shutdown(env)
+
+
+def _drop_temporary_files(out: Path) -> None:
+    """Temporary files of writes a kill interrupted (``atomic_write``'s ``.NAME.*.tmp``)."""
+    for name in ("last.safetensors", "best.safetensors", "log.jsonl"):
+        for tmp in out.glob(f".{name}.*.tmp"):
+            log.info("removing %s, left by an interrupted write", tmp)
+            tmp.unlink(missing_ok=True)
+
+
+def _truncate_log(path: Path, epochs_done: int) -> None:
+    """Keep the log records of the ``epochs_done`` epochs the checkpoint holds: the records an
+    interrupted epoch wrote before the kill are written again by its rerun (a line cut short
+    by the kill goes too)."""
+    if not path.exists():
+        return
+    kept, dropped = [], 0
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+            keep = int(record["epoch"]) < epochs_done
+        except (ValueError, KeyError, TypeError):
+            keep = False
+        if keep:
+            kept.append(line)
+        else:
+            dropped += 1
+    if dropped:
+        log.info("resume: dropped %d log records of the interrupted epoch from %s", dropped, path)
+        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{x}\n" for x in kept)))
