@@ -314,3 +314,23 @@ def test_lite_token_dropout_only_in_training_and_keeps_cls() -> None:
     assert torch.equal(m_eval, feats["mask"][:, : m_eval.shape[1]])
     with pytest.raises(ValueError, match="token_dropout"):
         create_backbone("lite", fusion="combiner", token_dropout=1.0)
+
+
+def test_blip2_pickled_weights_are_refused_with_a_message(tmp_path: Path, blip2_dir: Path) -> None:
+    """A pytorch_model.bin that unpickles code: torch's weights_only loader refuses it; that
+    refusal is a clear DataError (it was a traceback), and the code never runs."""
+    import os
+    import pickle
+
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    folder = _copy_folder(blip2_dir, tmp_path / "pickled", skip=("model.safetensors",))
+    (folder / "pytorch_model.bin").write_bytes(pickle.dumps({"w": Payload()}))
+    with pytest.raises(DataError, match="refused to load pytorch_model.bin") as e:
+        create_backbone("blip2", model_dir=str(folder))
+    assert str(folder) in str(e.value) and "safetensors" in str(e.value)
+    assert not marker.exists()

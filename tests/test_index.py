@@ -140,6 +140,62 @@ def test_corrupted_or_truncated_files_are_refused(built, tmp_path):
         load_index(out)
 
 
+MANIFEST_EDITS = [
+    ("files", {}, "field 'files' must be an object with the bytes and sha256"),  # was accepted
+    ("files", [], "field 'files' must be"),
+    ("count", "many", "field 'count' must be an integer >= 0"),
+    ("dim", None, "field 'dim' must be a positive integer"),
+    ("tokens", 2.5, "field 'tokens' must be a positive integer"),
+    ("dtype", "int8", "field 'dtype' must be one of"),
+    ("checkpoint", "best.safetensors", "field 'checkpoint' must be an object"),
+    ("images_root", 7, "field 'images_root' must be a folder path"),
+    ("preprocess", [], "field 'preprocess' must be an object"),
+    ("unreadable", {"x": 1}, "field 'unreadable' must be a list"),
+    ("version", "1", "field 'version' must be an integer"),
+]
+
+
+@pytest.mark.parametrize(("field", "value", "message"), MANIFEST_EDITS)
+def test_wrongly_typed_manifest_fields_are_clear_errors(
+    built, trained, tmp_path, capsys, field, value, message
+):
+    """search and serve open the index the same way: each bad field is named, never a
+    traceback; an empty ``files`` no longer switches the integrity checks off."""
+    _, src = built
+    _, images = trained
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest[field] = value
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match=message):
+        load_index(out)
+    ref = sorted(images.glob("test1/*.png"))[0]
+    argv = ["search", "--index", str(out), "--image", str(ref), "--text", "make it red"]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(out) in err and "Traceback" not in err
+    from dqecir.serve.app import create_app
+
+    with pytest.raises(CheckpointError, match=message):
+        create_app(out)  # what `dqecir serve` runs first
+
+
+def test_broken_ids_file_is_a_clear_error(built, tmp_path):
+    _, src = built
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    (out / "ids.json").write_text("[" * 50_000 + "]" * 50_000)
+    manifest = json.loads((out / "manifest.json").read_text())  # a consistent manifest
+    manifest["files"]["ids.json"] = {
+        "bytes": (out / "ids.json").stat().st_size,
+        "sha256": index_mod.file_sha256(out / "ids.json"),
+    }
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CheckpointError, match="ids.json is unreadable: nested too deeply"):
+        load_index(out)
+
+
 def test_another_checkpoint_is_refused(trained, built, tmp_path):
     ck, _ = trained
     _, out = built

@@ -109,8 +109,12 @@ def test_cirr_test1_examples_validate_and_cannot_be_scored(capsys):
         assert {len(r) for r in parsed.rankings.values()} == {length}
         with pytest.raises(DataError, match="has no targets.*valid \\(4148 queries\\)"):
             score_predictions_file("cirr", root, "test1", examples / name)
-        code, _, err = run_score(capsys, "cirr", root, "test1", examples / name)
-        assert code == 2 and "has no targets" in err and name in err
+        code, out, err = run_score(capsys, "cirr", root, "test1", examples / name)
+        assert code == 0, err  # a valid file for a test split: checked, reported valid
+        assert json.loads(out) == {"valid": True, "scored": False, "num_queries": 4148,
+                                   "metric": metric}  # fmt: skip
+        assert f"{name}: valid cirr predictions for all 4148 queries" in err
+        assert "evaluation server" in err
 
 
 # ---- oracles and hand-made values ------------------------------------------------------------
@@ -280,6 +284,30 @@ def test_bad_subset_and_json_files_exit_2(tmp_path, capsys):
     write_json(bad, [1, 2])
     code, _, err = run_score(capsys, "cirr", root, "val", bad)
     assert code == 2 and "expected a JSON object" in err
+
+
+def test_json_python_cannot_hold_and_repeated_keys_exit_2(tmp_path, capsys):
+    """JSON nested 100,000 deep, a 5000-digit integer, an id "²" (str.isdigit says yes, int
+    says no), a query key given twice (json keeps the last one silently): each a clear error
+    naming the file, never a traceback."""
+    make_circo(tmp_path / "circo", images=False)
+    split = load_circo(tmp_path / "circo", "val", resolve_images=False)
+    good = {q: [int(i) for i in r] for q, r in oracle(split).items()}
+    body = json.dumps(good)[1:-1]
+    cases = [
+        ("deep", "[" * 100_000 + "]" * 100_000, "malformed JSON: nested too deeply"),
+        ("digits", '{"0": [' + "9" * 5000 + "]}", "a number has too many digits"),
+        ("super", json.dumps({**good, "0": ["²", *good["0"]]}), "entry 1 is '²', expected an"),
+        ("long", json.dumps({**good, "0": ["9" * 5000]}), "entry 1 is '99999"),
+        ("twice", "{" + body + ', "1": ' + json.dumps(good["1"]) + "}", "key given twice"),
+    ]
+    for name, text, message in cases:
+        path = tmp_path / f"{name}.json"
+        path.write_text(text, encoding="utf-8")
+        code, out, err = run_score(capsys, "circo", tmp_path / "circo", "val", path)
+        assert code == 2 and out == "" and "Traceback" not in err, (name, err)
+        assert str(path) in err and message in err, (name, err)
+    assert "record 1" in err  # the repeated key is named
 
 
 def test_bad_circo_and_fashioniq_files_exit_2(tmp_path, capsys):

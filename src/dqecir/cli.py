@@ -32,12 +32,22 @@ def _cmd_make_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_score(args: argparse.Namespace) -> int:
-    from dqecir.scoring import score_predictions_file
+    from dqecir.scoring import has_targets, read_predictions_file, score_predictions
 
-    metrics = score_predictions_file(
+    splits, parsed = read_predictions_file(
         args.benchmark, Path(args.root), args.split, Path(args.predictions)
     )
-    print(json.dumps(metrics))
+    if not has_targets(splits):  # a test split: the file is checked, not scored
+        print(json.dumps({"valid": True, "scored": False, "num_queries": len(parsed.rankings),
+                          "metric": parsed.metric}))  # fmt: skip
+        print(
+            f"{args.predictions}: valid {args.benchmark} predictions for all "
+            f"{len(parsed.rankings)} queries of split {args.split!r}; the split has no targets "
+            "here, so submit the file to the benchmark's evaluation server for its scores",
+            file=sys.stderr,
+        )
+        return 0
+    print(json.dumps(score_predictions(splits, parsed)))
     return 0
 
 

@@ -710,6 +710,8 @@ class Searcher:
     ) -> list[SearchResult]:
         for text in texts:
             check_query(text, k)
+        if len(self.index) == 0:
+            raise QueryError(f"index {self.index.root} holds no images (all were unreadable?)")
         enc = self.encode(pixels, texts)
         exclude = exclude or [()] * len(texts)
         extra = max((len(e) for e in exclude), default=0)

@@ -46,6 +46,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dqecir.checkpoint import atomic_write
+from dqecir.data.formats.common import json_problem
 from dqecir.data.images import load_tensor
 from dqecir.distributed import DistEnv
 from dqecir.errors import CheckpointError, DataError, DqecirError
@@ -216,10 +217,18 @@ def load_index(
     manifest = _read_manifest(root)
     for name, spec in manifest["files"].items():
         _check_file(root, name, spec, verify)
-    ids = json.loads((root / IDS).read_text(encoding="utf-8"))
-    count = int(manifest["count"])
-    if not isinstance(ids, list) or len(ids) != count or len(set(ids)) != count:
-        raise CheckpointError(f"index {root}: {IDS} does not hold {count} distinct ids")
+    try:
+        ids = json.loads((root / IDS).read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"index {root}: {IDS} is unreadable: {json_problem(e)}") from e
+    count = manifest["count"]
+    if (
+        not isinstance(ids, list)
+        or not all(isinstance(i, str) for i in ids)
+        or len(ids) != count
+        or len(set(ids)) != count
+    ):
+        raise CheckpointError(f"index {root}: {IDS} does not hold {count} distinct string ids")
     emb = _open_embeddings(root, manifest)
     index = Index(root=root, manifest=manifest, ids=ids, embeddings=emb)
     if checkpoint is not None:
@@ -238,23 +247,60 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise CheckpointError(f"index {root}: no {MANIFEST}, not a complete index{hint}")
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise CheckpointError(f"index {root}: {MANIFEST} is unreadable: {e}") from e
+    except (OSError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"index {root}: {MANIFEST} is unreadable: {json_problem(e)}") from e
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise CheckpointError(f"index {root}: {MANIFEST} is not a {FORMAT} manifest")
-    if int(manifest.get("version", -1)) > VERSION:
+    if not _is_int(manifest.get("version"), 1):
+        raise CheckpointError(f"index {root}: {MANIFEST} field 'version' must be an integer")
+    if manifest["version"] > VERSION:
         raise CheckpointError(
             f"index {root}: format version {manifest.get('version')} is newer than this "
             f"dqecir reads ({VERSION}); upgrade dqecir"
         )
-    missing = [
-        k
-        for k in ("checkpoint", "images_root", "dim", "tokens", "count", "dtype", "files")
-        if k not in manifest
-    ]
+    _check_manifest(root, manifest)
+    return manifest
+
+
+def _is_int(v: Any, low: int) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+
+def _is_sha(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
+
+
+_MANIFEST_FIELDS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "checkpoint": ("an object with 'path' and 'sha256'", lambda v: isinstance(v, dict)
+                   and isinstance(v.get("path"), str) and _is_sha(v.get("sha256"))),
+    "images_root": ("a folder path (string)", lambda v: isinstance(v, str) and bool(v)),
+    "dim": ("a positive integer", lambda v: _is_int(v, 1)),
+    "tokens": ("a positive integer", lambda v: _is_int(v, 1)),
+    "count": ("an integer >= 0", lambda v: _is_int(v, 0)),
+    "dtype": (f"one of {DTYPES}", lambda v: v in DTYPES),
+    "preprocess": ("an object", lambda v: isinstance(v, dict)),
+    "files": (f"an object with the bytes and sha256 of {EMBEDDINGS} and {IDS}, nothing else",
+              lambda v: isinstance(v, dict) and set(v) == {EMBEDDINGS, IDS}
+              and all(isinstance(f, dict) and _is_int(f.get("bytes"), 0)
+                      and _is_sha(f.get("sha256")) for f in v.values())),
+    "unreadable": ("a list of {id, path, error} objects", lambda v: isinstance(v, list)
+                   and all(isinstance(u, dict) and isinstance(u.get("id"), str) for u in v)),
+}  # fmt: skip
+"""What a loader relies on in a manifest. ``files`` must name both data files: an empty one
+would switch off every size and checksum check."""
+
+
+def _check_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    missing = [k for k in _MANIFEST_FIELDS if k not in manifest and k != "unreadable"]
     if missing:
         raise CheckpointError(f"index {root}: {MANIFEST} lacks {missing}")
-    return manifest
+    for key, (what, ok) in _MANIFEST_FIELDS.items():
+        if key in manifest and not ok(manifest[key]):
+            shown = json.dumps(manifest[key])
+            shown = shown if len(shown) <= 80 else shown[:77] + "..."
+            raise CheckpointError(
+                f"index {root}: {MANIFEST} field '{key}' must be {what}, got {shown}"
+            )
 
 
 def _check_file(root: Path, name: str, spec: dict[str, Any], verify: bool) -> None:

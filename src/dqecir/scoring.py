@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dqecir.data.formats import load_benchmark
 from dqecir.data.formats.common import read_json
@@ -182,7 +183,7 @@ def validate_predictions(benchmark: str, splits: Sequence[CIRSplit], path: Path)
     unknown key, lists of known image ids without duplicates, at least 50 entries (3 for a
     CIRR ``recall_subset`` file, whose entries must be ``img_set`` members).
     """
-    data = read_json(path, error=PredictionsError)
+    data = read_json(path, error=PredictionsError, pairs_hook=_unique_keys(path))
     if not isinstance(data, dict):
         raise PredictionsError("expected a JSON object of query id -> ranking", file=path)
     data = dict(data)
@@ -206,6 +207,25 @@ def validate_predictions(benchmark: str, splits: Sequence[CIRSplit], path: Path)
         _check_ranking(ranking, key, path, allowed, at_least, split, metric)
         rankings[key] = ranking
     return Predictions(benchmark=benchmark, metric=metric, rankings=rankings)
+
+
+def _unique_keys(path: Path) -> Any:
+    """``object_pairs_hook`` refusing a key given twice (``json`` keeps the last silently, so
+    a query would be scored on whichever ranking came last)."""
+
+    def hook(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise PredictionsError(
+                    "key given twice in one JSON object (one ranking per query)",
+                    file=path,
+                    record=key,
+                )
+            out[key] = value
+        return out
+
+    return hook
 
 
 def _rankable(allowed: set[str], query: Query, split: CIRSplit, metric: str) -> int:
@@ -247,7 +267,7 @@ def _parse_ranking(value: object, key: str, path: Path, *, integer_ids: bool) ->
     for position, item in enumerate(value, start=1):
         if integer_ids and isinstance(item, int) and not isinstance(item, bool):
             out.append(str(item))
-        elif integer_ids and isinstance(item, str) and item.isdigit():
+        elif integer_ids and isinstance(item, str) and _decimal(item):
             out.append(str(int(item)))
         elif not integer_ids and isinstance(item, str):
             out.append(item)
@@ -257,6 +277,12 @@ def _parse_ranking(value: object, key: str, path: Path, *, integer_ids: bool) ->
                 f"entry {position} is {item!r}, expected {wanted}", file=path, record=key
             )
     return out
+
+
+def _decimal(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also takes "²", which ``int`` refuses), short
+    enough to be an image id."""
+    return 0 < len(text) <= 30 and text.isascii() and text.isdigit()
 
 
 def _check_ranking(
@@ -290,6 +316,31 @@ def _check_ranking(
         )
 
 
+def read_predictions_file(
+    benchmark: str, root: Path, split: str, predictions: Path
+) -> tuple[list[CIRSplit], Predictions]:
+    """The annotations of ``split`` and the validated predictions file (see
+    :func:`validate_predictions`)."""
+    splits = load_splits(benchmark, Path(root), split)
+    return splits, validate_predictions(benchmark, splits, Path(predictions))
+
+
+def has_targets(splits: Sequence[CIRSplit]) -> bool:
+    """Whether the splits can be scored here (test splits of the official benchmarks hide
+    their targets: their files go to the benchmark's evaluation server)."""
+    return all(s.has_targets for s in splits if s.queries)
+
+
+def score_predictions(splits: Sequence[CIRSplit], parsed: Predictions) -> dict[str, float]:
+    """Score validated predictions against splits with targets."""
+    if parsed.benchmark == "fashioniq":
+        per_category = {_category(s): score_rankings(s, parsed.rankings) for s in splits}
+        return fashioniq_average(per_category)
+    if parsed.metric == "recall_subset":
+        return score_rankings(splits[0], None, subset_rankings=parsed.rankings)
+    return score_rankings(splits[0], parsed.rankings)
+
+
 def score_predictions_file(
     benchmark: str, root: Path, split: str, predictions: Path
 ) -> dict[str, float]:
@@ -298,24 +349,19 @@ def score_predictions_file(
     Computes what the official evaluation computes from the file (docs/formats.md): CIRCO
     ``src/evaluation.py``'s mAP@K / Recall@K; CIRR's Recall@K and Recall_subset@K (from a
     ``recall`` file, Recall_subset is derived from the submitted list); FashionIQ's Recall@K
-    per category and their mean. Nothing in a ranking is removed or re-ordered.
+    per category and their mean. Nothing in a ranking is removed or re-ordered. A split
+    without targets cannot be scored: a :class:`DataError` says so (and that the file is
+    valid); ``dqecir score`` reports such a file as valid instead.
     """
-    splits = load_splits(benchmark, Path(root), split)
-    parsed = validate_predictions(benchmark, splits, Path(predictions))
-    for s in splits:
-        if s.queries and not s.has_targets:
-            raise DataError(
-                f"{benchmark} split {split!r} has no targets, so it cannot be scored here; the "
-                f"predictions file is valid ({len(parsed.rankings)} queries) and can be submitted "
-                "to the benchmark's evaluation server",
-                file=predictions,
-            )
-    if benchmark == "fashioniq":
-        per_category = {_category(s): score_rankings(s, parsed.rankings) for s in splits}
-        return fashioniq_average(per_category)
-    if parsed.metric == "recall_subset":
-        return score_rankings(splits[0], None, subset_rankings=parsed.rankings)
-    return score_rankings(splits[0], parsed.rankings)
+    splits, parsed = read_predictions_file(benchmark, root, split, predictions)
+    if not has_targets(splits):
+        raise DataError(
+            f"{benchmark} split {split!r} has no targets, so it cannot be scored here; the "
+            f"predictions file is valid ({len(parsed.rankings)} queries) and can be submitted "
+            "to the benchmark's evaluation server",
+            file=predictions,
+        )
+    return score_predictions(splits, parsed)
 
 
 def _category(split: CIRSplit) -> str:

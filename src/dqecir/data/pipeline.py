@@ -25,12 +25,15 @@ def query_texts(
     """The text(s) a query is read as. FashionIQ's two captions are joined as "c0 and c1" for
     evaluation; training also uses "c1 and c0" (a random order per step, as SPRC does) unless
     ``random_order`` is off. A training query with other phrasings (``variants``) is read as
-    any of them (its first ``max_variants``; 0: all)."""
+    any of them (its first ``max_variants``; 0: all). Empty captions (kept only in test splits,
+    see the loaders) are read as the empty text."""
     if train and q.variants:
         return list(q.variants[:max_variants] if max_variants > 0 else q.variants)
+    if not q.texts:
+        raise DataError("query has no text", record=q.qid)
     texts = [t.strip() for t in q.texts if t.strip()]
     if not texts:
-        raise DataError("query has no text", record=q.qid)
+        return [""]
     if len(texts) == 1:
         return texts
     joined = " and ".join(texts)

@@ -25,12 +25,15 @@ from dqecir.data.formats.common import (
     as_record,
     attach_images,
     check_query_ids,
+    get_caption,
     get_field,
     kind_and_heldout,
     phrasing_fields,
     read_json,
     read_json_list,
+    read_records,
     targets_hidden,
+    warn_empty_captions,
 )
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
@@ -66,7 +69,7 @@ def load_circo(
     """
     root = Path(root)
     ann_path = annotation_file(root, split)
-    records = read_json_list(ann_path)
+    records = read_records(ann_path)
     hidden = targets_hidden(split)
     queries: list[Query] = []
     seen: dict[str, int] = {}
@@ -93,6 +96,7 @@ def load_circo(
                 raise DataError(f"image id {image} is not in {info_path}", file=ext_path)
     check_query_ids(queries, gallery, files if files is not None else gallery, ann_path)
     result = CIRSplit(benchmark="circo", split=split, queries=queries, gallery=gallery)
+    warn_empty_captions(result, ann_path)
     if resolve_images and files is not None:
         folder = image_folder(root)
 
@@ -149,7 +153,7 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
     qid = get_field(record, "id", int, RecordRef(file, index))
     where = RecordRef(file, index, qid)
     reference = get_field(record, "reference_img_id", int, where)
-    caption = get_field(record, "relative_caption", str, where)
+    caption = get_caption(record, "relative_caption", where, allow_empty=hidden)
     get_field(record, "shared_concept", str, where, optional=True)
     target = get_field(record, "target_img_id", int, where, optional=hidden)
     gt: tuple[str, ...] = ()
@@ -165,7 +169,7 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
     return Query(
         qid=str(qid),
         reference=str(reference),
-        texts=(caption.strip(),),
+        texts=(caption,),
         target=str(target) if target is not None else None,
         gt=gt,
         kind=kind,

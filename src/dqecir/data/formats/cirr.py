@@ -26,13 +26,15 @@ from dqecir.data.formats.common import (
     as_record,
     attach_images,
     check_query_ids,
+    get_caption,
     get_field,
     get_str_list,
     kind_and_heldout,
     phrasing_fields,
     read_json,
-    read_json_list,
+    read_records,
     targets_hidden,
+    warn_empty_captions,
 )
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
@@ -57,7 +59,7 @@ def load_cirr(
     root = Path(root)
     cap_path = caption_file(root, split)
     images_path = split_file(root, split)
-    records = read_json_list(cap_path)
+    records = read_records(cap_path)
     images = read_image_map(images_path)
     hidden = targets_hidden(split)
     queries: list[Query] = []
@@ -76,6 +78,7 @@ def load_cirr(
     gallery = list(images)
     check_query_ids(queries, gallery, gallery, cap_path)
     result = CIRSplit(benchmark="cirr", split=split, queries=queries, gallery=gallery)
+    warn_empty_captions(result, cap_path)
     if resolve_images:
 
         def locate(image: str) -> tuple[Path, bool]:
@@ -109,7 +112,7 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
     pairid = get_field(record, "pairid", (int, str), RecordRef(file, index))
     where = RecordRef(file, index, pairid)
     reference = get_field(record, "reference", str, where)
-    caption = get_field(record, "caption", str, where)
+    caption = get_caption(record, "caption", where, allow_empty=hidden)
     target = get_field(record, "target_hard", str, where, optional=hidden)
     gt: tuple[str, ...] = ()
     if target is not None:
@@ -121,7 +124,7 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
     return Query(
         qid=str(pairid),
         reference=reference,
-        texts=(caption.strip(),),
+        texts=(caption,),
         target=target,
         gt=gt,
         members=tuple(members),

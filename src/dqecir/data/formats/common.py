@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,14 +21,24 @@ Locator = Callable[[str], tuple[Path, bool]]
 """Maps an image id to (the path it should have, whether that file exists)."""
 
 
-def read_json(path: Path, *, error: type[DataError] = DataError) -> Any:
-    """Parse a JSON file; a missing file or malformed JSON is ``error`` naming the file."""
+def read_json(path: Path, *, error: type[DataError] = DataError, pairs_hook: Any = None) -> Any:
+    """Parse a JSON file; a missing file or malformed JSON is ``error`` naming the file, as is
+    JSON Python cannot hold (nested thousands deep, integers of thousands of digits)."""
     if not path.is_file():
         raise error("file not found", file=path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"malformed JSON: {e}", file=path) from e
+        return json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=pairs_hook)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError are too
+        raise error(f"malformed JSON: {json_problem(e)}", file=path) from e
+
+
+def json_problem(e: BaseException) -> str:
+    """What is wrong with a JSON text ``json.loads`` refused, in a user's words."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply to read"
+    if "integer string conversion" in str(e):
+        return f"a number has too many digits (more than {sys.get_int_max_str_digits()})"
+    return str(e)
 
 
 def read_json_list(path: Path) -> list:
@@ -36,6 +47,40 @@ def read_json_list(path: Path) -> list:
     if not isinstance(data, list):
         raise DataError(f"expected a JSON list at the top level, got {_type_name(data)}", file=path)
     return data
+
+
+def read_records(path: Path) -> list:
+    """An annotation file: a JSON list with at least one record (an empty one would only
+    fail later, far from the file)."""
+    records = read_json_list(path)
+    if not records:
+        raise DataError("the annotation list is empty: no queries", file=path)
+    return records
+
+
+def get_caption(record: Mapping, name: str, where: RecordRef, *, allow_empty: bool) -> str:
+    """A required caption, stripped. An empty one is an error naming file, record and field,
+    except where ``allow_empty`` (test splits: the evaluation server wants a ranking for every
+    query, and CIRR's test1 holds one empty caption); it is then read as the empty text."""
+    caption = get_field(record, name, str, where).strip()
+    if not caption and not allow_empty:
+        raise where.error(
+            "caption is empty (only a test split, whose every query goes to the evaluation "
+            "server, may hold one)",
+            field=name,
+        )
+    return caption
+
+
+def warn_empty_captions(split: CIRSplit, file: Path) -> None:
+    """Log the queries of a test split kept with an empty caption (never silent)."""
+    empty = [q.qid for q in split.queries if not any(t.strip() for t in q.texts)]
+    if empty:
+        log.warning(
+            "%s: %d quer%s with an empty caption (first: id %s), ranked from the reference "
+            "image and the empty text", file, len(empty), "y" if len(empty) == 1 else "ies",
+            empty[0],
+        )  # fmt: skip
 
 
 _JSON_NAMES = {dict: "object", list: "list", str: "string", bool: "boolean", type(None): "null"}

@@ -24,7 +24,9 @@ from dqecir.data.formats.common import (
     get_field,
     get_str_list,
     read_json_list,
+    read_records,
     targets_hidden,
+    warn_empty_captions,
 )
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
@@ -70,7 +72,7 @@ def load_fashioniq(
     root = Path(root)
     cap_path = caption_file(root, category, split)
     gallery_path = split_file(root, category, split)
-    records = read_json_list(cap_path)
+    records = read_records(cap_path)
     gallery = read_id_list(gallery_path)
     hidden = targets_hidden(split)
     queries = [
@@ -81,6 +83,7 @@ def load_fashioniq(
     result = CIRSplit(
         benchmark="fashioniq", split=split, queries=queries, gallery=gallery, remove_reference=False
     )
+    warn_empty_captions(result, cap_path)
     if resolve_images:
         attach_images(
             result,
@@ -111,6 +114,8 @@ def _parse_record(record: dict, where: RecordRef, category: str, hidden: bool) -
     captions = get_str_list(record, "captions", where)
     if len(captions) != 2:
         raise where.error(f"expected 2 captions, got {len(captions)}", field="captions")
+    if not hidden and not any(c.strip() for c in captions):
+        raise where.error("both captions are empty", field="captions")
     return Query(
         qid=f"{category}/{where.index}",
         reference=reference,

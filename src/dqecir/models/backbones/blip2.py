@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 from pathlib import Path
 from typing import Any
 
@@ -145,8 +146,19 @@ class Blip2Backbone(Backbone):
                 str(root), local_files_only=True, dtype=torch.float32
             )
             self.tokenizer = AutoTokenizer.from_pretrained(str(root), local_files_only=True)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot load the BLIP-2 model ({e}); {HOW_TO_GET}", file=root) from e
+        except pickle.UnpicklingError:  # torch.load(weights_only=True) refused code
+            raise DataError(
+                "refused to load pytorch_model.bin: it holds pickled Python objects other than "
+                "tensors, which are never unpickled here. Use the model.safetensors of "
+                "Salesforce/blip2-itm-vit-g, or convert the file to safetensors on a trusted "
+                "machine",
+                file=root,
+            ) from None
+        except (OSError, ValueError, RuntimeError, KeyError) as e:  # missing / misshapen weights
+            reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            raise DataError(
+                f"cannot load the BLIP-2 model ({reason}); {HOW_TO_GET}", file=root
+            ) from e
         cfg = self.model.config
         self.max_text_len = max_text_len
         self.num_queries = cfg.num_query_tokens
