@@ -124,3 +124,24 @@ def test_checkpoints_without_a_checksum_still_load_with_a_warning(tmp_path, capl
     with caplog.at_level("WARNING"):
         assert load_checkpoint(p).meta["config"] == {"name": "x"}
     assert "without a tensor checksum" in caplog.text
+
+
+def test_metadata_python_cannot_hold_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    for name, raw in [("deep", "[" * 100_000 + "]" * 100_000), ("list", "[1, 2]"),
+                      ("digits", '{"format": "dqecir-checkpoint", "version": ' + "9" * 5000 + "}"),
+                      ("version", '{"format": "dqecir-checkpoint", "version": "1"}')]:  # fmt: skip
+        p = tmp_path / f"{name}.safetensors"
+        save_file({"model.w": torch.zeros(2)}, str(p), metadata={"dqecir": raw})
+        with pytest.raises(CheckpointError, match=f"checkpoint {p}"):
+            load_checkpoint(p)
+
+
+def test_deeply_nested_yaml_config_is_a_config_error(tmp_path):
+    from dqecir.config import ConfigError, load_config
+
+    p = tmp_path / "deep.yaml"
+    p.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match="nested too deeply"):
+        load_config(p)

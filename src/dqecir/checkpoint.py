@@ -155,11 +155,16 @@ def load_checkpoint(path: Path) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path}: not a dqecir checkpoint (no 'dqecir' metadata)")
     try:
         meta = json.loads(raw)
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"checkpoint {path}: metadata is not valid JSON: {e}") from e
+    except (ValueError, RecursionError) as e:
+        raise CheckpointError(f"checkpoint {path}: metadata is not valid JSON ({e!r:.120})") from e
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"checkpoint {path}: metadata is not a JSON object")
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"checkpoint {path}: unknown format {meta.get('format')!r}")
-    if int(meta.get("version", -1)) > VERSION:
+    version = meta.get("version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise CheckpointError(f"checkpoint {path}: metadata field 'version' must be an integer")
+    if version > VERSION:
         raise CheckpointError(
             f"checkpoint {path}: format version {meta.get('version')} is newer than this "
             f"dqecir supports ({VERSION}); upgrade dqecir"

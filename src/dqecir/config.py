@@ -256,6 +256,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p}: invalid YAML: {e}") from e
+        except RecursionError:
+            raise ConfigError(f"config file {p}: invalid YAML: nested too deeply") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
     data = apply_overrides(data, overrides or [])
