@@ -209,7 +209,9 @@ def _cmd_search(args: argparse.Namespace) -> int:
     own_id = searcher.index.id_of(ref)
     exclude = (own_id,) if own_id is not None and not args.keep_reference else ()
     pixels = load_tensor(ref, searcher.model.backbone.preprocess)
-    result = searcher.search(pixels, args.text, args.k, exclude=exclude)
+    result = searcher.search(
+        pixels, args.text, args.k, exclude=exclude, word_effects=not args.no_word_effects
+    )
     if args.json:
         query = {"image": str(ref), "text": args.text, "k": args.k, "excluded": list(exclude)}
         print(json.dumps({"query": query, **result.to_dict()}))
@@ -374,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the reference in the results when it is an index image",
     )
     se.add_argument("--json", action="store_true", help="print JSON")
+    se.add_argument(
+        "--no-word-effects", action="store_true",
+        help="skip the leave-one-word-out effects (they cost one text encoding per word)",
+    )  # fmt: skip
     se.set_defaults(func=_cmd_search)
 
     sv = sub.add_parser("serve", help="HTTP API and web page over an index")

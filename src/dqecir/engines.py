@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -620,24 +621,62 @@ class Hit:
 
 
 @dataclass(frozen=True)
+class WordEffect:
+    """How much one word of the text holds the top results up (see :meth:`Searcher.search`)."""
+
+    word: str
+    start: int
+    """Character span ``[start, end)`` of the word in the query text."""
+    end: int
+    effect: float
+    """Mean drop of the top results' scores when the query is encoded without this word
+    (positive: the word pulls them up; negative: it holds them down)."""
+
+
+_WORD = re.compile(r"\S+")
+MAX_EFFECT_WORDS = 64
+"""Words explained per query (each costs one more text encoding)."""
+
+
+def text_words(text: str) -> list[tuple[str, int, int]]:
+    """The words of a query text as ``(word, start, end)``: runs of non-space characters
+    (punctuation stays with its word, as it is removed with it)."""
+    return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text)]
+
+
+def without_word(text: str, start: int, end: int) -> str:
+    """``text`` with the span ``[start, end)`` left out and the spaces around it joined."""
+    return " ".join((text[:start] + " " + text[end:]).split())
+
+
+@dataclass(frozen=True)
 class SearchResult:
     hits: list[Hit]
     relevance: dict[str, float] | None
     """How much the text is about each attribute (``alpha``, from the attribute weights), plus
     ``other = 1 - max(alpha)``; None when the model has no attribute weights."""
+    word_effects: list[WordEffect] | None = None
+    """Leave-one-word-out effect of each word on these hits, when asked for."""
 
     def to_text(self) -> str:
-        """Ranked lines ``rank  score  path`` and a relevance line, for a terminal."""
+        """Ranked lines ``rank  score  path``, a relevance line and a word-effects line, for a
+        terminal."""
         lines = [f"{h.rank:>4}  {h.score:.4f}  {h.path}" for h in self.hits]
         if self.relevance is not None:
             rel = "  ".join(f"{a} {v:.2f}" for a, v in self.relevance.items())
             lines.append(f"attribute relevance of the text: {rel}")
+        if self.word_effects:
+            eff = "  ".join(f"{w.word} {w.effect:+.3f}" for w in self.word_effects)
+            lines.append(f"word effects (score drop without the word): {eff}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "results": [h.__dict__ for h in self.hits],
             "relevance": self.relevance,
+            "word_effects": (
+                [w.__dict__ for w in self.word_effects] if self.word_effects is not None else None
+            ),
         }
 
 
@@ -687,19 +726,60 @@ class Searcher:
     def encode(self, pixels: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """``q_star`` ``[B, D]`` (and ``alpha`` ``[B, A]`` with attribute weights) for a batch
         of preprocessed reference images and their texts."""
+        feats = self.model.backbone.image_features(pixels.to(self.device))
+        return self._encode_texts(feats, texts)
+
+    @torch.inference_mode()
+    def _encode_texts(self, feats: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         bb = self.model.backbone
-        feats = bb.image_features(pixels.to(self.device))
         tfeats = {k: v.to(self.device) for k, v in bb.text_features(list(texts)).items()}
         out = self.model.query(feats, tfeats)
         return {k: v.float().cpu() for k, v in out.items() if k in ("q_star", "alpha")}
 
     def search(
-        self, pixels: torch.Tensor, text: str, k: int = 10, exclude: Sequence[str] = ()
+        self,
+        pixels: torch.Tensor,
+        text: str,
+        k: int = 10,
+        exclude: Sequence[str] = (),
+        *,
+        word_effects: bool = False,
     ) -> SearchResult:
         """Top ``k`` for one reference (``pixels`` ``[3, S, S]``, from
         :func:`dqecir.data.images.to_tensor`) and text; ids in ``exclude`` are left out (the
-        reference itself when it comes from the index)."""
-        return self.search_batch(pixels.unsqueeze(0), [text], k, [exclude])[0]
+        reference itself when it comes from the index).
+
+        With ``word_effects``, also :meth:`word_effects` of the text on these hits."""
+        result = self.search_batch(pixels.unsqueeze(0), [text], k, [exclude])[0]
+        if not word_effects:
+            return result
+        effects = self.word_effects(pixels, text, result.hits)
+        return SearchResult(result.hits, result.relevance, effects)
+
+    @torch.inference_mode()
+    def word_effects(
+        self, pixels: torch.Tensor, text: str, hits: Sequence[Hit]
+    ) -> list[WordEffect]:
+        """Leave-one-word-out on the query embedding: for each word (at most
+        :data:`MAX_EFFECT_WORDS`), the query is encoded again without it, and its effect is
+        the mean drop of the ``hits``' scores (exact, max over their gallery tokens).
+
+        Cost: one more text encoding and query fusion per word, all in one batch; the image
+        features are computed once and shared; no index scan (only the hits are rescored).
+        """
+        words = text_words(text)[:MAX_EFFECT_WORDS]
+        if not words or not hits:
+            return []
+        variants = [text] + [without_word(text, a, b) for _, a, b in words]
+        feats = self.model.backbone.image_features(pixels.unsqueeze(0).to(self.device))
+        q = self._encode_texts(feats.expand(len(variants), *feats.shape[1:]), variants)["q_star"]
+        rows = [self.index.row(h.id) for h in hits]
+        tokens = torch.from_numpy(np.asarray(self.index.embeddings[rows], dtype=np.float32))
+        scores = torch.einsum("vd,ktd->vkt", q, tokens).amax(-1)  # [1 + words, hits]
+        drop = (scores[:1] - scores[1:]).mean(1)
+        return [
+            WordEffect(w, a, b, float(d)) for (w, a, b), d in zip(words, drop.tolist(), strict=True)
+        ]
 
     def search_batch(
         self,
