@@ -13,7 +13,13 @@ import pytest
 
 from dqecir.index import build_index
 from dqecir.serve.app import BackgroundServer, create_app
-from dqecir.serve.browser import chromium_driver, open_page, search_on_page, wait
+from dqecir.serve.browser import (
+    chromium_driver,
+    open_page,
+    refine_on_page,
+    search_on_page,
+    wait,
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +75,49 @@ def test_page_shows_server_errors(site, browser, tmp_path):
     browser.find_element(By.ID, "text-input").send_keys("make it blue")
     browser.find_element(By.ID, "search-button").click()
     wait(browser, lambda d: "not a usable image" in err.text)
+
+
+def test_two_step_refinement_and_going_back(site, browser):
+    """Search, click a result (it becomes the reference), search again: the chain shows both
+    steps (thumbnail + text), step 2's results are the API's for that image id and text, the
+    words are shaded by their effects, and clicking step 1 brings its query and results back."""
+    import httpx
+    from selenium.webdriver.common.by import By
+
+    url, images = site
+    open_page(browser, url)
+    upload = sorted(images.glob("*.png"))[3]
+    search_on_page(browser, upload, "make it red")
+
+    def shown() -> list[str]:
+        return [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#results .id")]
+
+    first = shown()
+    picked = refine_on_page(browser, 2, "now make it a circle")
+    assert picked == first[1]
+    second = shown()
+    api = httpx.post(url + "/api/search", data={"text": "now make it a circle", "k": "10",
+                                                "image_id": picked}).json()  # fmt: skip
+    assert second == [r["id"] for r in api["results"]] and picked not in second
+    steps = browser.find_elements(By.CSS_SELECTOR, "#chain .step")
+    assert [s.find_element(By.CSS_SELECTOR, ".step-text").text for s in steps] == [
+        "make it red", "now make it a circle"]  # fmt: skip
+    thumbs = [s.find_element(By.TAG_NAME, "img").get_attribute("src") for s in steps]
+    assert thumbs[0].startswith("blob:") and thumbs[1].endswith("/api/images/" + picked)
+    assert "current" in steps[1].get_attribute("class")
+    words = browser.find_elements(By.CSS_SELECTOR, "#words .word")
+    assert [w.text for w in words] == ["now", "make", "it", "a", "circle"]
+    effects = [float(w.get_attribute("data-effect")) for w in words]
+    assert effects == pytest.approx([w["effect"] for w in api["word_effects"]], abs=1e-5)
+    assert browser.find_element(By.ID, "words").text == "now make it a circle"
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#relevance .bar")) == 3  # next to them
+    steps[0].click()  # back to step 1: its reference, text and results
+    wait(browser, lambda d: shown() == first)
+    assert browser.find_element(By.ID, "text-input").get_attribute("value") == "make it red"
+    assert browser.find_element(By.ID, "reference-name").text == upload.name
+    assert "current" in browser.find_elements(By.CSS_SELECTOR, "#chain .step")[0].get_attribute(
+        "class"
+    )
+    refine_on_page(browser, 1, "make it blue")  # a new branch from step 1 replaces step 2
+    texts = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#chain .step-text")]
+    assert texts == ["make it red", "make it blue"]

@@ -52,8 +52,8 @@ def _png_header_only(width: int, height: int) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
-def _search(client, text="make it red", k=5, image_id=None, upload=None, name="ref.png"):
-    data = {"text": text, "k": str(k)}
+def _search(client, text="make it red", k=5, image_id=None, upload=None, name="ref.png", **fields):
+    data = {"text": text, "k": str(k), **fields}
     if image_id is not None:
         data["image_id"] = image_id
     files = {"image": (name, upload, "image/png")} if upload is not None else None
@@ -84,6 +84,16 @@ def test_search_by_id_and_by_upload_match_the_library(server):
     assert len(body["results"]) == 5 and all(r["id"] != ref for r in body["results"])
     assert set(body["relevance"]) == {"color", "shape", "other"}
     assert body["results"][0]["url"].startswith("/api/images/")
+    effects = body["word_effects"]
+    assert [(w["word"], w["start"], w["end"]) for w in effects] == [
+        ("make", 0, 4), ("it", 5, 7), ("red", 8, 11)]  # fmt: skip
+    hits = searcher.search(
+        load_tensor(images / ref, searcher.model.backbone.preprocess), "make it red", 5,
+        exclude=(ref,), word_effects=True,
+    )  # fmt: skip
+    assert [w["effect"] for w in effects] == pytest.approx([w.effect for w in hits.word_effects])
+    off = _search(client, image_id=ref, word_effects="false").json()
+    assert off["word_effects"] is None and off["results"] == body["results"]
     up = _search(client, upload=(images / ref).read_bytes()).json()
     pixels = load_tensor(images / ref, searcher.model.backbone.preprocess)
     direct = searcher.search(pixels, "make it red", 5)

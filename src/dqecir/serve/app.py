@@ -5,7 +5,8 @@ Endpoints:
     GET  /healthz               liveness + what is loaded
     GET  /api/examples?n=12     a few index image ids to pick a reference from
     GET  /api/images/{id}       JPEG thumbnail of an index image (ids of the index only)
-    POST /api/search            multipart: ``image`` (file) or ``image_id``, ``text``, ``k``
+    POST /api/search            multipart: ``image`` (file) or ``image_id``, ``text``, ``k``,
+                                ``word_effects`` (default true)
 
     GET  /api/openapi.json      the API description (no Swagger UI: it loads from a CDN)
 
@@ -243,11 +244,12 @@ def _routes(app: FastAPI, searcher: Searcher, limits: Limits, thumbnail: Any) ->
         k: Annotated[int, Form()] = 10,
         image_id: Annotated[str | None, Form()] = None,
         image: Annotated[UploadFile | None, File()] = None,
+        word_effects: Annotated[bool, Form()] = True,
     ) -> dict:
         start = time.perf_counter()
         _check_query(text, k, image_id, image, limits)
         pixels, exclude, name = _reference(searcher, image_id, image, limits)
-        result = searcher.search(pixels, text, k, exclude=exclude)
+        result = searcher.search(pixels, text, k, exclude=exclude, word_effects=word_effects)
         return {
             "query": {"image_id": image_id, "upload": name, "text": text, "k": k},
             "results": [
@@ -255,6 +257,7 @@ def _routes(app: FastAPI, searcher: Searcher, limits: Limits, thumbnail: Any) ->
                 for h in result.hits
             ],
             "relevance": result.relevance,
+            "word_effects": result.to_dict()["word_effects"],
             "took_ms": round(1000 * (time.perf_counter() - start), 1),
         }
 

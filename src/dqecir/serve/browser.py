@@ -66,6 +66,28 @@ def open_page(driver: Any, url: str) -> None:
     wait(driver, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#examples img")) > 0)
 
 
+def searches_done(driver: Any) -> int:
+    """Searches the page has answered and shown (the results' ``data-searches``)."""
+    return int(
+        driver.execute_script("return document.getElementById('results').dataset.searches || 0;")
+    )
+
+
+def _type_and_search(driver: Any, text: str) -> int:
+    from selenium.webdriver.common.by import By
+
+    done = searches_done(driver)
+    box = driver.find_element(By.ID, "text-input")
+    box.clear()
+    box.send_keys(text)
+    driver.find_element(By.ID, "search-button").click()
+    error = driver.find_element(By.ID, "error")
+    wait(driver, lambda d: searches_done(d) > done or error.text)
+    if searches_done(driver) == done:
+        raise DqecirError(f"the page refused the search: {error.text}")
+    return wait(driver, results_loaded)
+
+
 def search_on_page(driver: Any, upload: Path, text: str) -> int:
     """On the open page: upload ``upload`` as the reference, type ``text``, search; returns the
     number of results shown."""
@@ -73,6 +95,17 @@ def search_on_page(driver: Any, upload: Path, text: str) -> int:
 
     driver.find_element(By.ID, "file-input").send_keys(str(upload))
     wait(driver, lambda d: d.find_element(By.ID, "reference-name").text == upload.name)
-    driver.find_element(By.ID, "text-input").send_keys(text)
-    driver.find_element(By.ID, "search-button").click()
-    return wait(driver, results_loaded)
+    return _type_and_search(driver, text)
+
+
+def refine_on_page(driver: Any, rank: int, text: str) -> str:
+    """Click the result of rank ``rank`` (it becomes the reference), type ``text``, search;
+    returns the id of the new reference once the next step's results have loaded."""
+    from selenium.webdriver.common.by import By
+
+    card = driver.find_elements(By.CSS_SELECTOR, "#results .result")[rank - 1]
+    image_id = card.find_element(By.CSS_SELECTOR, ".id").text
+    card.click()
+    wait(driver, lambda d: d.find_element(By.ID, "reference-name").text == image_id)
+    _type_and_search(driver, text)
+    return image_id

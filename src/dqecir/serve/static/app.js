@@ -1,7 +1,11 @@
-// The search page: pick or upload a reference, type the change, show results and relevance.
+// The search page: pick or upload a reference, type the change, show results, relevance and
+// word effects; refine step by step (a result becomes the next reference), with the chain of
+// steps kept here, in the page, and any step can be returned to.
 "use strict";
 
-const state = { imageId: null, file: null };
+// reference: {imageId, file, src, name} of the query being prepared;
+// steps: [{reference, text, body}] done so far; current: the step shown (-1: none).
+const state = { reference: null, steps: [], current: -1 };
 const $ = (id) => document.getElementById(id);
 
 function showError(message) {
@@ -15,19 +19,18 @@ function detailOf(body, status) {
   return "request failed (HTTP " + status + ")";
 }
 
-function setReference(src, name) {
-  $("reference-img").src = src;
-  $("reference-name").textContent = name;
+function setReference(reference) {
+  state.reference = reference;
+  $("reference-img").src = reference.src;
+  $("reference-name").textContent = reference.name;
   $("reference").classList.remove("hidden");
 }
 
 function selectExample(img, id) {
   document.querySelectorAll(".examples img").forEach((el) => el.classList.remove("selected"));
   img.classList.add("selected");
-  state.imageId = id;
-  state.file = null;
   $("file-input").value = "";
-  setReference(img.src, id);
+  setReference({ imageId: id, file: null, src: img.src, name: id });
 }
 
 async function loadExamples() {
@@ -48,9 +51,9 @@ async function loadExamples() {
 }
 
 function renderRelevance(relevance) {
-  const panel = $("relevance-panel");
   $("relevance").replaceChildren();
-  if (!relevance) { panel.classList.add("hidden"); return; }
+  $("relevance-block").classList.toggle("hidden", !relevance);
+  if (!relevance) return;
   for (const [name, value] of Object.entries(relevance)) {
     const row = document.createElement("div");
     row.className = "bar";
@@ -61,7 +64,31 @@ function renderRelevance(relevance) {
     row.children[2].textContent = pct + "%";
     $("relevance").appendChild(row);
   }
-  panel.classList.remove("hidden");
+}
+
+// The text with each word shaded by its effect (leave-one-word-out), the rest as typed.
+function renderWordEffects(text, effects) {
+  const words = $("words");
+  words.replaceChildren();
+  $("words-block").classList.toggle("hidden", !effects || !effects.length);
+  if (!effects || !effects.length) return;
+  const scale = Math.max(...effects.map((w) => Math.abs(w.effect))) || 1;
+  let at = 0;
+  for (const w of effects) {
+    if (w.start > at) words.append(text.slice(at, w.start));
+    const span = document.createElement("span");
+    span.className = "word";
+    span.textContent = text.slice(w.start, w.end);
+    const strength = Math.abs(w.effect) / scale;
+    const rgb = w.effect >= 0 ? "36, 87, 197" : "197, 54, 36";
+    span.style.backgroundColor = "rgba(" + rgb + ", " + (0.08 + 0.72 * strength).toFixed(2) + ")";
+    if (strength > 0.6) span.classList.add("strong");
+    span.title = w.word + ": " + (w.effect >= 0 ? "+" : "") + w.effect.toFixed(4);
+    span.dataset.effect = String(w.effect);
+    words.appendChild(span);
+    at = w.end;
+  }
+  if (at < text.length) words.append(text.slice(at));
 }
 
 function renderResults(results) {
@@ -70,6 +97,7 @@ function renderResults(results) {
   for (const r of results) {
     const card = document.createElement("figure");
     card.className = "result";
+    card.title = "Refine from this image";
     const img = document.createElement("img");
     img.src = r.url;
     img.alt = r.id;
@@ -80,29 +108,90 @@ function renderResults(results) {
     id.className = "id";
     id.textContent = r.id;
     card.append(img, score, id);
+    card.addEventListener("click", () => refineFrom(card, r));
     grid.appendChild(card);
   }
+  $("results-hint").classList.toggle("hidden", !results.length);
+}
+
+// A result becomes the reference of the next step; its text is typed next.
+function refineFrom(card, result) {
+  document.querySelectorAll("#results .result").forEach((el) => el.classList.remove("selected"));
+  card.classList.add("selected");
+  document.querySelectorAll(".examples img").forEach((el) => el.classList.remove("selected"));
+  $("file-input").value = "";
+  setReference({ imageId: result.id, file: null, src: result.url, name: result.id });
+  $("text-input").value = "";
+  $("text-input").placeholder = "step " + (state.current + 2) + ": the next change";
+  $("text-input").focus();
+}
+
+function renderChain() {
+  const chain = $("chain");
+  chain.replaceChildren();
+  state.steps.forEach((step, i) => {
+    const item = document.createElement("li");
+    item.className = "step" + (i === state.current ? " current" : "");
+    item.title = "Back to step " + (i + 1);
+    const img = document.createElement("img");
+    img.src = step.reference.src;
+    img.alt = step.reference.name;
+    const label = document.createElement("span");
+    label.className = "step-text";
+    label.textContent = step.text;
+    item.append(img, label);
+    item.addEventListener("click", () => showStep(i));
+    chain.appendChild(item);
+  });
+  $("chain-panel").classList.toggle("hidden", !state.steps.length);
+}
+
+function renderStep(step) {
+  const body = step.body;
+  renderWordEffects(step.text, body.word_effects);
+  renderRelevance(body.relevance);
+  $("relevance-panel").classList.toggle(
+    "hidden", !body.relevance && !(body.word_effects && body.word_effects.length));
+  renderResults(body.results);
+  $("took").textContent = "(" + body.results.length + " in " + body.took_ms + " ms)";
+}
+
+// Back to step i: its reference, its text and its results, as they were (no new request).
+function showStep(i) {
+  const step = state.steps[i];
+  state.current = i;
+  showError("");
+  setReference(step.reference);
+  $("text-input").value = step.text;
+  renderChain();
+  renderStep(step);
 }
 
 async function search(event) {
   event.preventDefault();
   showError("");
   const text = $("text-input").value.trim();
-  if (!state.imageId && !state.file) { showError("Pick or upload a reference image first."); return; }
+  const reference = state.reference;
+  if (!reference) { showError("Pick or upload a reference image first."); return; }
   if (!text) { showError("Describe the change you want."); return; }
   const form = new FormData();
   form.append("text", text);
   form.append("k", $("k-select").value);
-  if (state.file) form.append("image", state.file, state.file.name);
-  else form.append("image_id", state.imageId);
+  if (reference.file) form.append("image", reference.file, reference.file.name);
+  else form.append("image_id", reference.imageId);
   $("search-button").disabled = true;
   try {
     const response = await fetch("/api/search", { method: "POST", body: form });
     const body = await response.json().catch(() => null);
     if (!response.ok) { showError(detailOf(body, response.status)); return; }
-    renderRelevance(body.relevance);
-    renderResults(body.results);
-    $("took").textContent = "(" + body.results.length + " in " + body.took_ms + " ms)";
+    const step = { reference: reference, text: text, body: body };
+    // a search from an earlier step starts a new branch: the steps after it go
+    state.steps = state.steps.slice(0, state.current + 1);
+    state.steps.push(step);
+    state.current = state.steps.length - 1;
+    renderChain();
+    renderStep(step);
+    $("results").dataset.searches = String(Number($("results").dataset.searches || 0) + 1);
   } catch (err) {
     showError("The server did not answer: " + err);
   } finally {
@@ -113,10 +202,8 @@ async function search(event) {
 $("file-input").addEventListener("change", () => {
   const file = $("file-input").files[0];
   if (!file) return;
-  state.file = file;
-  state.imageId = null;
   document.querySelectorAll(".examples img").forEach((el) => el.classList.remove("selected"));
-  setReference(URL.createObjectURL(file), file.name);
+  setReference({ imageId: null, file: file, src: URL.createObjectURL(file), name: file.name });
 });
 $("query-form").addEventListener("submit", search);
 loadExamples().catch((err) => showError("Could not load the index: " + err));
