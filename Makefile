@@ -15,7 +15,7 @@ $(BIN)/python:
 # torch first and pinned: its CPU wheel is on local disk; an open requirement could pull a CUDA build.
 $(STAMP): $(BIN)/python pyproject.toml requirements/constraints.txt
 	$(BIN)/python -m pip install -q torch==2.13.0
-	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev,serve,qdrant]'
+	$(BIN)/python -m pip install -q -c requirements/constraints.txt -e '.[dev,serve,qdrant,tensorboard]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -115,6 +115,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from dqecir.plot import plot_runs
+
+    done = plot_runs(args.runs, Path(args.out), metrics=args.metrics, columns=args.columns)
+    print(done.path)
+    return 0
+
+
 def _device(name: str) -> str:
     import torch
 
@@ -337,6 +345,18 @@ def build_parser() -> argparse.ArgumentParser:
     de.add_argument("--size", choices=["tiny", "small", "default"], default="default")
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     de.set_defaults(func=_cmd_demo)
+
+    pl = sub.add_parser(
+        "plot", help="loss terms, TRNS statistics and val metrics of runs against epoch (PNG)"
+    )
+    pl.add_argument("runs", nargs="+", metavar="RUN", help="run folder, or a folder of runs")
+    pl.add_argument("--out", default="runs.png", help="PNG file (default runs.png)")
+    pl.add_argument(
+        "--metrics", nargs="+", metavar="GLOB",
+        help="val metrics to draw, e.g. 'map@*' 'color/*' (default: the overall ones)",
+    )  # fmt: skip
+    pl.add_argument("--columns", type=int, default=4, help="panels per row")
+    pl.set_defaults(func=_cmd_plot)
 
     ix = sub.add_parser("index", help="embed a folder of images into a search index (resumable)")
     ix.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")

@@ -133,6 +133,9 @@ class TrainConfig:
     """Stop after this many optimizer steps (0: no limit; for tests and smoke runs)."""
     num_threads: int = 0
     """torch threads on CPU (0: torch default)."""
+    tensorboard: bool = False
+    """Also write every log record as TensorBoard scalars into ``<run>/tensorboard``
+    (needs the ``tensorboard`` extra: ``pip install 'dqecir[tensorboard]'``)."""
 
 
 @dataclass

@@ -169,12 +169,54 @@ class JsonlLog:
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        pass
+
 
 class NullLog:
     """The log of a process that is not rank 0: records are dropped (rank 0 writes them)."""
 
     def write(self, record: dict[str, Any]) -> None:
         pass
+
+    def close(self) -> None:
+        pass
+
+
+class TensorBoardLog:
+    """Every record also as TensorBoard scalars at its global step (``train.tensorboard``):
+    ``train/<term>`` (step records), ``trns/<statistic>``, ``val/<metric>`` and
+    ``epoch/<term>`` (epoch records). The ``tensorboard`` package is imported only here."""
+
+    def __init__(self, inner: JsonlLog, folder: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as e:
+            raise ConfigError(
+                "train.tensorboard is true but the tensorboard package is not installed: "
+                "pip install 'dqecir[tensorboard]' (or set train.tensorboard=false)"
+            ) from e
+        self.inner = inner
+        self.writer = SummaryWriter(log_dir=str(folder))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.inner.write(record)
+        step = int(record.get("step", 0))
+        event = record.get("event")
+        groups = {"step": [("train", record)], "trns": [("trns", record)],
+                  "epoch": [("val", record.get("val") or {}), ("epoch", record.get("train") or {}),
+                            ("time", record)]}.get(event, [])  # fmt: skip
+        for prefix, values in groups:
+            for key, value in values.items():
+                if key in ("event", "epoch", "step") or isinstance(value, (bool, dict)):
+                    continue
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
+        if event == "epoch":
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -251,7 +293,11 @@ class Trainer:
         )  # fmt: skip
         self.negatives = torch.full((len(self.queries), cfg.trns.k), -1, dtype=torch.long)
         self.state = TrainState()
-        self.log = JsonlLog(self.out / "log.jsonl") if self.dist.is_main else NullLog()
+        self.log: JsonlLog | NullLog | TensorBoardLog = NullLog()
+        if self.dist.is_main:
+            self.log = JsonlLog(self.out / "log.jsonl")
+            if cfg.train.tensorboard:
+                self.log = TensorBoardLog(self.log, self.out / "tensorboard")
         # Ground-truth sets as a sparse lookup for the in-batch mask.
         self._gt_sets = [set(g) for g in self.queries.gts]
         # TRNS never-negatives (reference + annotated ground truths), built once, for the
@@ -753,11 +799,14 @@ def train(
                 (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
             (out / "config.yaml").write_text(cfg.to_yaml())
         trainer = Trainer(cfg, out, dist=env)
-        if resume:
-            trainer.resume(out / "last.safetensors")
-            if env.is_main:
-                _truncate_log(out / "log.jsonl", trainer.state.epoch)
-        return trainer.fit(stop_after_epoch=stop_after_epoch)
+        try:
+            if resume:
+                trainer.resume(out / "last.safetensors")
+                if env.is_main:
+                    _truncate_log(out / "log.jsonl", trainer.state.epoch)
+            return trainer.fit(stop_after_epoch=stop_after_epoch)
+        finally:
+            trainer.log.close()
     finally:
         shutdown(env)
 
