@@ -118,6 +118,10 @@ def test_effect_is_the_mean_score_drop_of_the_hits(searcher):
     for w in result.word_effects:
         want = float((scores(text) - scores(without_word(text, w.start, w.end))).mean())
         assert w.effect == pytest.approx(want, abs=1e-6)
+    plain = searcher.search(pixels, text, k=4)  # the same hits as without the effects
+    assert plain.hits == result.hits
+    again = searcher.word_effects(pixels, text, result.hits)
+    assert [w.effect for w in again] == pytest.approx([w.effect for w in result.word_effects])
 
 
 def test_words_and_removal_keep_punctuation_and_spacing():
@@ -134,7 +138,8 @@ def test_no_word_effects_unless_asked(searcher):
 
 
 def test_word_effects_cost_one_text_encoding_per_word(searcher, monkeypatch):
-    """One batch of 1 + words texts through the text side; the image side runs once."""
+    """A search with word effects sends one batch of 1 + words texts through the text side
+    and runs the image side once, as a plain search does."""
     calls = {"text": [], "image": 0}
     bb = searcher.model.backbone
     text_features, image_features = bb.text_features, bb.image_features
@@ -149,10 +154,10 @@ def test_word_effects_cost_one_text_encoding_per_word(searcher, monkeypatch):
 
     monkeypatch.setattr(bb, "text_features", count_text)
     monkeypatch.setattr(bb, "image_features", count_image)
-    searcher.word_effects(_item("blue", "circle"), "make it a red star", searcher.search(
-        _item("blue", "circle"), "make it a red star", k=3).hits)  # fmt: skip
-    assert calls["text"] == [1, 6]  # the search, then 1 + 5 words in one batch
-    assert calls["image"] == 2  # once for the search, once for the effects
+    searcher.search(_item("blue", "circle"), "make it a red star", k=3, word_effects=True)
+    assert calls == {"text": [6], "image": 1}  # the query and its 5 variants, one batch
+    searcher.search(_item("blue", "circle"), "make it a red star", k=3)
+    assert calls == {"text": [6, 1], "image": 2}
 
 
 def test_search_cli_json_has_word_effects(tiny_trained, tmp_path, capsys):

@@ -749,30 +749,43 @@ class Searcher:
         :func:`dqecir.data.images.to_tensor`) and text; ids in ``exclude`` are left out (the
         reference itself when it comes from the index).
 
-        With ``word_effects``, also :meth:`word_effects` of the text on these hits."""
-        result = self.search_batch(pixels.unsqueeze(0), [text], k, [exclude])[0]
+        With ``word_effects``, also the leave-one-word-out effect of each word (at most
+        :data:`MAX_EFFECT_WORDS`) on these hits: the query is encoded again without the word,
+        and its effect is the mean drop of the hits' scores (exact, max over their gallery
+        tokens). Cost: one more text encoding and query fusion per word, in the same batch as
+        the query itself; the image features are computed once; no further index scan (only
+        the k hits are rescored)."""
         if not word_effects:
-            return result
-        effects = self.word_effects(pixels, text, result.hits)
+            return self.search_batch(pixels.unsqueeze(0), [text], k, [exclude])[0]
+        self._check(text, k)
+        words = text_words(text)[:MAX_EFFECT_WORDS]
+        variants = [text] + [without_word(text, a, b) for _, a, b in words]
+        with torch.inference_mode():
+            feats = self.model.backbone.image_features(pixels.unsqueeze(0).to(self.device))
+            enc = self._encode_texts(feats.expand(len(variants), *feats.shape[1:]), variants)
+        first = {key: v[:1] for key, v in enc.items()}
+        result = self._answer(first, k, [exclude])[0]
+        effects = self._effects(words, enc["q_star"], result.hits)
         return SearchResult(result.hits, result.relevance, effects)
 
-    @torch.inference_mode()
     def word_effects(
         self, pixels: torch.Tensor, text: str, hits: Sequence[Hit]
     ) -> list[WordEffect]:
-        """Leave-one-word-out on the query embedding: for each word (at most
-        :data:`MAX_EFFECT_WORDS`), the query is encoded again without it, and its effect is
-        the mean drop of the ``hits``' scores (exact, max over their gallery tokens).
-
-        Cost: one more text encoding and query fusion per word, all in one batch; the image
-        features are computed once and shared; no index scan (only the hits are rescored).
-        """
+        """The word effects of ``text`` on given ``hits`` (see :meth:`search`, which computes
+        them with the query in one batch)."""
         words = text_words(text)[:MAX_EFFECT_WORDS]
+        variants = [text] + [without_word(text, a, b) for _, a, b in words]
+        with torch.inference_mode():
+            feats = self.model.backbone.image_features(pixels.unsqueeze(0).to(self.device))
+            enc = self._encode_texts(feats.expand(len(variants), *feats.shape[1:]), variants)
+        return self._effects(words, enc["q_star"], hits)
+
+    def _effects(
+        self, words: list[tuple[str, int, int]], q: torch.Tensor, hits: Sequence[Hit]
+    ) -> list[WordEffect]:
+        """``q`` ``[1 + words, D]``: the query, then the query without each word."""
         if not words or not hits:
             return []
-        variants = [text] + [without_word(text, a, b) for _, a, b in words]
-        feats = self.model.backbone.image_features(pixels.unsqueeze(0).to(self.device))
-        q = self._encode_texts(feats.expand(len(variants), *feats.shape[1:]), variants)["q_star"]
         rows = [self.index.row(h.id) for h in hits]
         tokens = torch.from_numpy(np.asarray(self.index.embeddings[rows], dtype=np.float32))
         scores = torch.einsum("vd,ktd->vkt", q, tokens).amax(-1)  # [1 + words, hits]
@@ -780,6 +793,11 @@ class Searcher:
         return [
             WordEffect(w, a, b, float(d)) for (w, a, b), d in zip(words, drop.tolist(), strict=True)
         ]
+
+    def _check(self, text: str, k: int) -> None:
+        check_query(text, k)
+        if len(self.index) == 0:
+            raise QueryError(f"index {self.index.root} holds no images (all were unreadable?)")
 
     def search_batch(
         self,
@@ -789,11 +807,18 @@ class Searcher:
         exclude: Sequence[Sequence[str]] | None = None,
     ) -> list[SearchResult]:
         for text in texts:
-            check_query(text, k)
-        if len(self.index) == 0:
-            raise QueryError(f"index {self.index.root} holds no images (all were unreadable?)")
-        enc = self.encode(pixels, texts)
-        exclude = exclude or [()] * len(texts)
+            self._check(text, k)
+        return self._answer(self.encode(pixels, texts), k, exclude)
+
+    def _answer(
+        self,
+        enc: dict[str, torch.Tensor],
+        k: int,
+        exclude: Sequence[Sequence[str]] | None,
+    ) -> list[SearchResult]:
+        """Results of encoded queries (``q_star`` ``[Q, D]``, ``alpha``)."""
+        n = len(enc["q_star"])
+        exclude = exclude or [()] * n
         extra = max((len(e) for e in exclude), default=0)
         scores, idx = self.engine.search(enc["q_star"], k + extra)
         alpha = enc.get("alpha")
@@ -802,7 +827,7 @@ class Searcher:
                 self._hits(scores[r], idx[r], k, set(exclude[r])),
                 self._relevance(alpha[r]) if alpha is not None else None,
             )
-            for r in range(len(texts))
+            for r in range(n)
         ]
 
     def _hits(self, scores: torch.Tensor, idx: torch.Tensor, k: int, skip: set[str]) -> list[Hit]:
