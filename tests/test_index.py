@@ -282,7 +282,8 @@ def test_search_cli_json_and_text(trained, built, capsys):
         == 0
     )
     text = capsys.readouterr().out.splitlines()
-    assert len(text) == 4 and text[0].split()[0] == "1" and "attribute relevance" in text[-1]
+    assert len(text) == 5 and text[0].split()[0] == "1" and "attribute relevance" in text[-2]
+    assert text[-1].startswith("word effects (score drop without the word): make ")
 
 
 @pytest.mark.parametrize(
