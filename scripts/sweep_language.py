@@ -34,10 +34,15 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qf_p8_tskip": ("baseline+mask", [*QFORMER, f"{BB}.text_skip=true"]),
     "qf_p8_top1": ("baseline+mask", [*QFORMER, f"{BB}.text_layers=1"]),
     "qf_p8_top2": ("baseline+mask", [*QFORMER, f"{BB}.text_layers=2"]),
+    "qf_p1_e20": ("baseline+mask", [*QFORMER, "data.caption_variants=1", "train.epochs=20"]),
+    "qf_p8_e20": ("baseline+mask", [*QFORMER, "train.epochs=20"]),
+    "qf_p8_e20_drop10": ("baseline+mask", [*QFORMER, "train.epochs=20", f"{BB}.token_dropout=0.1"]),
+    "qf_p8_e20_top2": ("baseline+mask", [*QFORMER, "train.epochs=20", f"{BB}.text_layers=2"]),
     "cb_p1": ("baseline+mask", [*COMBINER, "data.caption_variants=1"]),
     "cb_p8": ("baseline+mask", [*COMBINER]),
     "cb_p8_drop10": ("baseline+mask", [*COMBINER, f"{BB}.token_dropout=0.1"]),
     "cb_p8_top1": ("baseline+mask", [*COMBINER, f"{BB}.text_layers=1"]),
+    "cb_p8_e20": ("baseline+mask", [*COMBINER, "train.epochs=20"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip
