@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from dqecir.data.features import FeatureCache, text_id
-from dqecir.data.images import load_tensor
+from dqecir.data.features import FeatureCache, store_dir, text_id
+from dqecir.data.images import LOADER_VERSION, load_tensor
 from dqecir.errors import DataError
 from dqecir.registry import create_backbone
 
@@ -89,9 +89,21 @@ def test_key_change_invalidates(tmp_path: Path, images: dict[str, Path], caplog)
     with caplog.at_level(logging.WARNING, logger="dqecir.data.features"):
         tb = cache.image_features(b.bb, ["im0"], images, progress=False)
     assert b.image_rows == 1 and len(tb) == 1
-    assert "another key" in caplog.text
     assert not torch.equal(ta.tensor(["im0"]), tb.tensor(["im0"]))
-    assert len(list((tmp_path / "c" / "images").glob("g-*"))) == 1
+    # both keys' stores stay: switching back costs nothing
+    again = cache.image_features(a.bb, ["im0", "im1"], images, progress=False)
+    assert a.image_rows == 2 and torch.equal(again.tensor(["im0"]), ta.tensor(["im0"]))
+    assert len(list((tmp_path / "c" / "images").glob("k-*/g-*"))) == 2
+    # a store whose manifest names another key is rebuilt, with a log line
+    folder = store_dir(
+        tmp_path / "c", "images", f"{a.bb.image_cache_key()}|loader-{LOADER_VERSION}"
+    )
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest["key"] = "something else"
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with caplog.at_level(logging.WARNING, logger="dqecir.data.features"):
+        cache.image_features(a.bb, ["im0"], images, progress=False)
+    assert "another key" in caplog.text and a.image_rows == 3
 
 
 @pytest.mark.parametrize(
@@ -111,7 +123,7 @@ def test_corrupt_store_is_rebuilt(
     cache = FeatureCache(tmp_path / "c")
     ids = ["im0", "im1", "im2"]
     good = cache.image_features(c.bb, ids, images, progress=False).tensor(ids)
-    store = tmp_path / "c" / "images"
+    (store,) = (tmp_path / "c" / "images").glob("k-*")
     manifest = json.loads((store / "manifest.json").read_text())
     gen = store / manifest["generation"]
     if damage == "garbage_manifest":
@@ -143,7 +155,7 @@ def test_interrupted_write_keeps_previous_generation(
     bad["im9"] = tmp_path / "missing.png"
     with pytest.raises(DataError, match="missing.png"):
         cache.image_features(c.bb, ["im1", "im9"], bad, batch_size=1, progress=False)
-    assert len(list((tmp_path / "c" / "images").glob("g-*"))) == 1  # the failed one removed
+    assert len(list((tmp_path / "c" / "images").glob("k-*/g-*"))) == 1  # the failed one removed
     rows = c.image_rows
     after = cache.image_features(c.bb, ["im0"], images, progress=False).tensor(["im0"])
     assert c.image_rows == rows and torch.equal(before, after)

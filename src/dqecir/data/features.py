@@ -2,15 +2,20 @@
 
 Layout of a cache folder (one per dataset and backbone family; the folder is always passed in)::
 
-    DIR/images/manifest.json          which generation is current, its key, count, shapes, dtypes
-    DIR/images/g-<hex>/ids.json       row order (image ids)
-    DIR/images/g-<hex>/<field>.npy    one memory-mappable array [count, ...] per feature field
-    DIR/texts/...                     the same for texts, keyed by sha256 of the exact text
+    DIR/images/k-<key hash>/manifest.json        current generation, its key, count, shapes, dtypes
+    DIR/images/k-<key hash>/g-<hex>/ids.json     row order (image ids)
+    DIR/images/k-<key hash>/g-<hex>/<field>.npy  one memory-mappable array [count, ...] per field
+    DIR/texts/k-<key hash>/...                   the same for texts, rows keyed by sha256 of the text
+
+One store per cache key, side by side: a sweep that switches between backbone settings (a frozen
+or a trained top text layer, another image size) reuses each one's features instead of
+recomputing them.
 
 Rules:
 - a store is keyed by the backbone's ``image_cache_key()`` (with the image loader's
-  ``LOADER_VERSION``) / ``text_cache_key()`` (model + preprocessing); a store built under
-  another key is rebuilt, with a log line saying why;
+  ``LOADER_VERSION``) / ``text_cache_key()`` (model + preprocessing) and lives in the folder
+  named by the key's hash; a store whose manifest names another key (a hash collision or a
+  hand-made copy) is rebuilt, with a log line saying why;
 - adding rows writes a new generation (old rows copied, new ones computed in batches straight
   into the memmaps) and then replaces the manifest atomically (temp + fsync + rename), so an
   interrupted run leaves the previous generation intact;
@@ -376,9 +381,9 @@ class FeatureCache:
             workers: threads decoding images (0: in this thread).
         """
         path_of = _path_map(ids, paths)
-        store = _Store(self.root / "images", "images", self.dtype)
         # the loader's version too: a file that decodes to other pixels needs new features
         key = f"{backbone.image_cache_key()}|loader-{LOADER_VERSION}"
+        store = _Store(store_dir(self.root, "images", key), "images", self.dtype)
         table = store.open(key, hashed=False)
         missing = _missing(table, ids)
         if not missing:
@@ -401,8 +406,8 @@ class FeatureCache:
         progress: bool = True,
     ) -> FeatureTable:
         """Features of every unique text, keyed by the text itself (``table.get(texts)``)."""
-        store = _Store(self.root / "texts", "texts", self.dtype)
         key = backbone.text_cache_key()
+        store = _Store(store_dir(self.root, "texts", key), "texts", self.dtype)
         table = store.open(key, hashed=True)
         by_id = {text_id(t): t for t in texts}
         missing = _missing(table, by_id)
@@ -444,6 +449,11 @@ class FeatureCache:
         finally:
             if pool:
                 pool.shutdown(wait=True, cancel_futures=True)
+
+
+def store_dir(root: Path, kind: str, key: str) -> Path:
+    """The folder of the store of ``kind`` ("images" / "texts") under cache key ``key``."""
+    return Path(root) / kind / f"k-{hashlib.sha256(key.encode('utf-8')).hexdigest()[:16]}"
 
 
 def _path_map(
