@@ -300,6 +300,14 @@ def test_lite_text_features_sorted_dynamic_padding_and_bf16() -> None:
         states, m = top._text_states(below["tokens"], below["mask"])
     w = states.shape[1]
     assert (states - ref[:, :w])[mask[:, :w]].abs().max() < 1e-4
+    # a frozen top layer (a baseline sharing the cache) trains nothing and stays the tower's
+    fixed = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=1, text_trainable=False
+    )
+    fixed.train()
+    assert not any(p.requires_grad for p in fixed.text_top.parameters())
+    assert not fixed.text_top.training
+    assert fixed.text_cache_key() == top.text_cache_key()
 
 
 def test_lite_token_dropout_only_in_training_and_keeps_cls() -> None:

