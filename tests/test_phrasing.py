@@ -173,3 +173,19 @@ def test_params_change_the_mix():
     prefixes = set(ph.sides["train"].prefix) | set(ph.sides["train"].polite_prefix)
     assert sum(any(t.startswith(p.lower()) for p in prefixes) for t in texts) >= 45
     assert forms
+
+
+def test_colour_words_follow_the_survey_frequency():
+    """Colour names are drawn in proportion to 1 / (xkcd survey rank): "navy" (a top-100 name)
+    comes up far more often than a rare one of the same class and side."""
+    ph = Phrasing("fmnist", seed=0)
+    vocab = ph.vocabulary
+    rng = np.random.default_rng(0)
+    side = ph.sides["train"]
+    words = [w for w in side.words["color"]["blue"] if w != "blue"]
+    common = max(words, key=vocab.weight)
+    rare = min(words, key=vocab.weight)
+    assert vocab.weight(common) > 10 * vocab.weight(rare)
+    draws = [ph._word(side, "color", "blue", rng) for _ in range(3000)]
+    assert draws.count(common) > 5 * max(1, draws.count(rare))
+    assert draws.count("blue") == pytest.approx(0.35 * 3000, rel=0.15)

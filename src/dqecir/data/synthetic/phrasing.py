@@ -206,12 +206,16 @@ class Phrasing:
 
     # ---- words ---------------------------------------------------------------------------
     def _word(self, side: _Side, attr: str, value: str, rng: np.random.Generator) -> str:
+        """The class name with ``canonical_p`` (train side), else another word of the side, in
+        proportion to its frequency where the vocabulary knows it (colour names), uniformly
+        otherwise."""
         words = side.words[attr][value]
         canonical = value if value in words else None
         if canonical is not None and (len(words) == 1 or rng.random() < self.params.canonical_p):
             return canonical
         rest = [w for w in words if w != canonical]
-        return rest[int(rng.integers(len(rest)))]
+        w = np.array([self.vocabulary.weight(x) for x in rest])
+        return rest[int(rng.choice(len(rest), p=w / w.sum()))]
 
     def _bare(self, noun: str, rng: np.random.Generator) -> str:
         if noun in self.vocabulary.paired and rng.random() < 0.5:

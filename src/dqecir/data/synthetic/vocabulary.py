@@ -232,6 +232,19 @@ def matplotlib_color_names() -> dict[str, str]:
     return names
 
 
+def survey_ranks() -> dict[str, int]:
+    """Colour name -> frequency rank (1 = most common). matplotlib keeps the xkcd names in the
+    order of the survey's ``rgb.txt``, which runs from the least to the most often given name
+    (it ends with purple, green, blue, pink, brown, red); CSS4 names xkcd lacks rank last."""
+    from matplotlib import colors as mcolors
+
+    xkcd = [k.removeprefix("xkcd:") for k in mcolors.XKCD_COLORS]
+    ranks = {name: len(xkcd) - i for i, name in enumerate(xkcd)}
+    for name in matplotlib_color_names():
+        ranks.setdefault(name, len(xkcd) + 1)
+    return ranks
+
+
 def split_words(text: str, words: set[str]) -> str | None:
     """``text`` segmented into the fewest known ``words`` (None where it cannot be)."""
     best: list[list[str] | None] = [[]] + [None] * len(text)
@@ -327,6 +340,14 @@ class Vocabulary:
     plural_only: frozenset[str] = frozenset()
     paired: frozenset[str] = frozenset()
     things: tuple[str, ...] = ("object",)
+    frequency: dict[str, float] = field(default_factory=dict)
+    """Relative frequency of a word where a resource gives one (colour names: Zipf's law over
+    the xkcd survey's rank, ``1 / rank``); words not listed weigh as the least frequent."""
+
+    def weight(self, word: str) -> float:
+        if not self.frequency:
+            return 1.0
+        return self.frequency.get(word, min(self.frequency.values()))
 
     def counts(self) -> dict[str, int]:
         return {a: sum(len(w) for w in v.values()) for a, v in self.words.items()}
@@ -366,18 +387,22 @@ def load_vocabulary(benchmark: str, root: Path = DATA_DIR) -> Vocabulary:
     else:
         raise ValueError(f"no vocabulary for benchmark {benchmark!r}")
     words["shape"] = class_words(nouns)
+    ranks = colors.get("survey_rank", {})
     return Vocabulary(
         words=words,
         plural_only=frozenset(nouns.get("plural_only", [])),
         paired=frozenset(nouns.get("paired", [])),
         things=tuple(nouns.get("things", ["object"])),
+        frequency={w: 1.0 / r for w, r in ranks.items()},
     )
 
 
 def color_file_document(
     benchmark: str, classes: Mapping[str, Sequence[int]], result: ColorAssignment, rule: ColorRule
 ) -> dict:
-    """The content of ``colors-<benchmark>.yaml``."""
+    """The content of ``colors-<benchmark>.yaml`` (``survey_rank``: each word's frequency rank
+    in the xkcd survey, :func:`survey_ranks`; captions use words in proportion to 1 / rank)."""
+    ranks = survey_ranks()
     return {
         "source": "matplotlib.colors.XKCD_COLORS (xkcd colour survey) and CSS4_COLORS",
         "rule": "dqecir.data.synthetic.vocabulary.assign_colors (see its module docstring)",
@@ -388,5 +413,8 @@ def color_file_document(
             "left_out": len(result.left_out),
         },
         "classes": result.assigned,
+        "survey_rank": {
+            w: ranks.get(w, len(ranks) + 1) for ws in result.assigned.values() for w in ws
+        },
         "left_out": result.left_out,
     }
