@@ -169,6 +169,7 @@ class Phrasing:
         doc = forms or load_forms(benchmark)
         self.imperative_verbs = doc["imperative_verbs"]
         self.comparatives = _comparatives(benchmark)
+        self._cum: dict[tuple, tuple[tuple[str, ...], np.ndarray]] = {}
         rng = np.random.default_rng([seed, 0xF0A5])
         self.sides = {s: _Side() for s in SIDES}
         share = params.heldout_share
@@ -213,9 +214,19 @@ class Phrasing:
         canonical = value if value in words else None
         if canonical is not None and (len(words) == 1 or rng.random() < self.params.canonical_p):
             return canonical
-        rest = [w for w in words if w != canonical]
-        w = np.array([self.vocabulary.weight(x) for x in rest])
-        return rest[int(rng.choice(len(rest), p=w / w.sum()))]
+        rest, cum = self._draws(side, attr, value)
+        return rest[
+            min(int(np.searchsorted(cum, rng.random() * cum[-1], side="right")), len(rest) - 1)
+        ]
+
+    def _draws(self, side: _Side, attr: str, value: str) -> tuple[tuple[str, ...], np.ndarray]:
+        """The non-canonical words of a class on a side and their cumulative weights (cached)."""
+        key = (id(side), attr, value)
+        if key not in self._cum:
+            rest = tuple(w for w in side.words[attr][value] if w != value)
+            weights = np.array([self.vocabulary.weight(w) for w in rest], dtype=np.float64)
+            self._cum[key] = (rest, np.cumsum(weights))
+        return self._cum[key]
 
     def _bare(self, noun: str, rng: np.random.Generator) -> str:
         if noun in self.vocabulary.paired and rng.random() < 0.5:

@@ -347,7 +347,11 @@ class Vocabulary:
     def weight(self, word: str) -> float:
         if not self.frequency:
             return 1.0
-        return self.frequency.get(word, min(self.frequency.values()))
+        return self.frequency.get(word, self._floor)
+
+    @property
+    def _floor(self) -> float:
+        return min(self.frequency.values())
 
     def counts(self) -> dict[str, int]:
         return {a: sum(len(w) for w in v.values()) for a, v in self.words.items()}
