@@ -53,6 +53,24 @@ KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10"
         "attr_acc"]  # fmt: skip
 
 
+def table(summary: Path) -> str:
+    """Markdown: per run, val mAP@10 in each phrasing (seen / unseen / new forms / new words),
+    unseen / seen, the per-kind unseen mAP@10 and the training time."""
+    head = ("| run | seen | unseen | new forms | new words | kept | unseen color / shape / both "
+            "| attr acc seen / unseen | train s |")  # fmt: skip
+    lines = [head, "|---" * 9 + "|"]
+    for line in summary.read_text().splitlines():
+        r = json.loads(line)
+        m = r["metrics"]
+        f = [m.get(p + "map@10") for p in ("", "unseen:", "newforms:", "newwords:")]
+        kinds = " / ".join(f"{m.get(f'unseen:{k}/map@10', float('nan')):.1f}"
+                           for k in ("color", "shape", "both"))  # fmt: skip
+        acc = f"{m['attr_acc']:.1f} / {m['unseen:attr_acc']:.1f}" if "attr_acc" in m else "–"
+        cells = [f"{x:.1f}" for x in f] + [f"{f[1] / f[0]:.2f}", kinds, acc]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + f" | {r['train_seconds']:.0f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/lang")
@@ -60,7 +78,11 @@ def main() -> None:
     ap.add_argument("--only", nargs="+", help="run only these names")
     ap.add_argument("--set", action="append", default=[], help="override for every run")
     ap.add_argument("--list", action="store_true", help="print the runs and exit")
+    ap.add_argument("--table", action="store_true", help="print OUT/summary.jsonl as markdown")
     args = ap.parse_args()
+    if args.table:
+        print(table(Path(args.out) / "summary.jsonl"))
+        return
     if args.list:
         for name, (variant, sets) in RUNS.items():
             print(name, variant, " ".join(sets))
