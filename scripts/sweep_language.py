@@ -48,6 +48,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "cz_top1": ("baseline+mask", [*COMBINER, *TOP1]),
     "qz_top1_p4": ("baseline+mask", [*QFORMER, *TOP1, "data.caption_variants=4"]),
     "qz_top2_e15": ("baseline+mask", [*QFORMER, *TOP2, "train.epochs=15"]),
+    "qz_top1_lrp1e4": ("baseline+mask", [*QFORMER, *TOP1, "train.lr_pretrained=1e-4"]),
+    "qz_top2_lrp1e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=1e-4"]),
+    "qz_top2_lrp3e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=3e-4"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

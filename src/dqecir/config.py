@@ -115,6 +115,9 @@ class TrainConfig:
     epochs: int = 10
     batch_size: int = 128
     lr: float = 1e-3
+    lr_pretrained: float = 0.0
+    """Learning rate of trainable weights that start from a pretrained tower (lite's trained
+    MiniLM top layers); 0: ``lr``."""
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.98)
     schedule: str = "cosine"

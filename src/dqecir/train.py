@@ -148,16 +148,26 @@ def make_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
+PRETRAINED_PREFIXES = ("backbone.text_top.",)
+"""Trainable weights that start from a pretrained tower (``train.lr_pretrained`` applies)."""
+
+
 def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+    """AdamW with weight decay on matrices only; weights that start from a pretrained tower
+    (the trained MiniLM top layers) take ``train.lr_pretrained`` when it is set."""
+    lr_pre = cfg.train.lr_pretrained or cfg.train.lr
+    buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if p.dim() >= 2 and "temperature" not in name else no_decay).append(p)
+        decay = p.dim() >= 2 and "temperature" not in name
+        pre = name.startswith(PRETRAINED_PREFIXES)
+        buckets.setdefault((decay, pre), []).append(p)
     groups = [
-        {"params": decay, "weight_decay": cfg.train.weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
+        {"params": ps, "weight_decay": cfg.train.weight_decay if decay else 0.0,
+         "lr": lr_pre if pre else cfg.train.lr}
+        for (decay, pre), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]  # fmt: skip
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
 
 
