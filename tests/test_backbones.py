@@ -1,4 +1,4 @@
-"""Every registered backbone against the contract (METHOD.md "Backbone contract").
+"""Every registered backbone against the contract (docs/extending.md, "Backbone").
 
 ``lite`` runs its real frozen towers (EfficientNet-Lite0, MiniLM-L6 from their packages);
 ``blip2`` runs the real ``transformers`` model class on a tiny random folder.
@@ -89,14 +89,6 @@ def test_shapes_dtypes_norms(case: tuple[str, Backbone]) -> None:
     assert similarity(q, g).shape == (2, 2)
     json.dumps(bb.config())  # plain values only
     assert isinstance(bb.cache_key(), str) and bb.cache_key() == bb.cache_key()
-
-
-def test_text_rows_collate_back(case: tuple[str, Backbone]) -> None:
-    _, bb = case
-    txt = bb.text_features(TEXTS)
-    rows = [{k: v[i] for k, v in txt.items()} for i in range(len(TEXTS))]
-    batched = bb.collate_text(rows)
-    assert all(torch.equal(batched[k], txt[k]) for k in txt)
 
 
 def test_gradients_reach_trainable_only(case: tuple[str, Backbone]) -> None:

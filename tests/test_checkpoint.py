@@ -3,8 +3,9 @@
 import pytest
 import torch
 
-from dqecir.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from dqecir.checkpoint import load_checkpoint, save_checkpoint
 from dqecir.errors import CheckpointError
+from dqecir.files import atomic_write
 
 
 def _save(path, **kw):

@@ -123,12 +123,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
-def _device(name: str) -> str:
-    import torch
-
-    return ("cuda" if torch.cuda.is_available() else "cpu") if name == "auto" else name
-
-
 def _qdrant_options(args: argparse.Namespace) -> object:
     """QdrantOptions from ``--url``, ``--collection``, ``--api-key-env`` (and, for the index
     command, ``--qdrant-points``); the API key is read from the named environment variable."""
@@ -208,7 +202,7 @@ def _cmd_search(args: argparse.Namespace) -> int:
         Path(args.index),
         checkpoint=args.checkpoint,
         engine=engine,
-        device=_device(args.device),
+        device=args.device,
         options=options,
     )
     ref = Path(args.image)
@@ -240,7 +234,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
         searcher = Searcher.open(
             Path(args.index), checkpoint=args.checkpoint, engine=engine,
-            device=_device(args.device), options=options,
+            device=args.device, options=options,
         )  # fmt: skip
         uvicorn.run(create_app(args.index, searcher=searcher), host=args.host, port=args.port)
         return 0
@@ -250,7 +244,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         port=args.port,
         checkpoint=args.checkpoint,
         engine=args.engine,
-        device=_device(args.device),
+        device=args.device,
     )
     return 0
 

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from dqecir.device import resolve_device
+
 _GRAD_BUCKET = 1 << 24
 """Gradient elements averaged per all-reduce call (64 MiB of float32)."""
 
@@ -227,11 +229,9 @@ def shutdown(env: DistEnv) -> None:
 
 
 def local_device(name: str | torch.device, env: DistEnv) -> torch.device:
-    """``name`` resolved for this process: ``auto`` -> CUDA when available; a bare ``cuda``
-    under torchrun -> ``cuda:LOCAL_RANK``."""
-    if str(name) == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(name)
+    """``name`` resolved for this process (:func:`~dqecir.device.resolve_device`); a bare
+    ``cuda`` under torchrun -> ``cuda:LOCAL_RANK``."""
+    dev = resolve_device(name)
     if dev.type == "cuda" and dev.index is None and env.active:
         dev = torch.device("cuda", env.local_rank)
     return dev
@@ -245,9 +245,7 @@ def _comm_device() -> torch.device:
 
 
 def _is_cuda(device: str | torch.device) -> bool:
-    if str(device) == "auto":
-        return torch.cuda.is_available()
-    return torch.device(device).type == "cuda"
+    return resolve_device(device).type == "cuda"
 
 
 def _buckets(params: Sequence[torch.nn.Parameter], size: int) -> Iterator[list]:

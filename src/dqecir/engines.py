@@ -704,12 +704,13 @@ class Searcher:
         """Load the index, its checkpoint (``checkpoint`` or the one the manifest names; its
         sha256 must match) and build the engine (``qdrant``: ``options`` is a
         :class:`QdrantOptions` naming the server)."""
+        from dqecir.device import resolve_device
         from dqecir.index import load_index
         from dqecir.models.cir import load_model
 
         index = load_index(index_dir, verify=verify)
         ck = index.check_checkpoint(checkpoint if checkpoint is not None else index.checkpoint_path)
-        device = torch.device(device)
+        device = resolve_device(device)
         model, _ = load_model(ck, device)
         preprocess = json.loads(json.dumps(model.backbone.preprocess.to_dict()))
         if model.embed_dim != index.dim or preprocess != index.manifest["preprocess"]:

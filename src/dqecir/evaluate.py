@@ -222,8 +222,8 @@ def evaluate_checkpoint(
     """
     from dqecir.data.formats import load_benchmark
     from dqecir.data.pipeline import build_features
+    from dqecir.device import resolve_device
     from dqecir.models.cir import load_model
-    from dqecir.train import resolve_device
 
     dev = resolve_device(device)
     model, ck = load_model(checkpoint, dev)

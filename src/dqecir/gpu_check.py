@@ -174,7 +174,7 @@ def _batch(model: Any, n: int, device: torch.device, seed: int) -> dict[str, Any
 def _step(model: Any, opt: torch.optim.Optimizer, batch: dict[str, Any], device: torch.device):
     """One training step; returns (loss, seconds in the frozen ViT)."""
     from dqecir.losses import ITCLoss
-    from dqecir.models.backbones.base import similarity
+    from dqecir.similarity import similarity
 
     bb = model.backbone
     t0 = time.perf_counter()
@@ -284,10 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, help="training batch (default 128; tiny: 8)")
     p.add_argument("--steps", type=int, help="timed training steps (default 10; tiny: 3)")
     args = p.parse_args(argv)
-    name = (
-        ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    )
-    device = torch.device(name)
+    from dqecir.device import resolve_device
+
+    device = resolve_device(args.device)
     tiny = args.tiny or device.type != "cuda"
     s = replace(
         TINY if tiny else FULL,

@@ -1,13 +1,8 @@
 """Retrieval metrics of the three CIR benchmarks, as pure functions over rankings.
 
-Two families, which must agree (``tests/test_metrics.py`` checks it):
-
-* list versions (``recall_at_k``, ``recall_subset_at_k``, ``average_precision_at_k``,
-  ``map_at_k``) over rankings of image ids: used to score predictions files and as the readable
-  definition of each metric;
-* vectorised versions over torch tensors (``ranks_from_scores``, ``relevance_matrix``,
-  ``recall_from_relevance``, ``map_from_relevance``, ``subset_ranks_from_scores``): used by model
-  evaluation, where rankings come from a ``[queries x gallery]`` score matrix.
+``recall_at_k``, ``recall_subset_at_k``, ``average_precision_at_k`` and ``map_at_k`` over
+rankings of image ids score predictions files and model evaluation alike (evaluation turns its
+score matrix into rankings first); ``tests/test_metrics.py`` checks each against a naive loop.
 
 Percentages (0-100) unless a docstring says otherwise. A ranking shorter than ``k`` is scored
 as it is (positions past its end hold nothing relevant); nothing is re-ordered or filtered.
@@ -16,12 +11,6 @@ as it is (positions past its end hold nothing relevant); nothing is re-ordered o
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-
-import torch
-
-# ---------------------------------------------------------------------------------------
-# list versions
-# ---------------------------------------------------------------------------------------
 
 
 def _check_k(k: int) -> None:
@@ -141,114 +130,3 @@ def fashioniq_average(per_category: Mapping[str, Mapping[str, float]]) -> dict[s
         else:
             out[f"average/{key}"] = sum(values) / len(values)
     return out
-
-
-# ---------------------------------------------------------------------------------------
-# vectorised versions (torch)
-# ---------------------------------------------------------------------------------------
-
-
-def _exclusion_mask(scores: torch.Tensor, exclude: torch.Tensor | None) -> torch.Tensor:
-    """``exclude`` as a boolean ``[Q, G]`` mask (from a mask, or one index per query, -1 none)."""
-    if exclude is None:
-        return torch.zeros_like(scores, dtype=torch.bool)
-    if exclude.dtype == torch.bool:
-        if exclude.shape != scores.shape:
-            raise ValueError(f"exclude mask {tuple(exclude.shape)} != scores {tuple(scores.shape)}")
-        return exclude
-    if exclude.shape != scores.shape[:1]:
-        raise ValueError(f"exclude index {tuple(exclude.shape)} must be [Q={scores.shape[0]}]")
-    mask = torch.zeros_like(scores, dtype=torch.bool)
-    rows = torch.nonzero(exclude >= 0).squeeze(1)
-    mask[rows, exclude[rows]] = True
-    return mask
-
-
-def ranks_from_scores(
-    scores: torch.Tensor, top_n: int | None = None, *, exclude: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Top-``top_n`` gallery indices ``[Q, N]`` per query, best first.
-
-    Args:
-        scores: ``[Q, G]`` similarities (higher is better).
-        top_n: how many to keep; ``None`` keeps every gallery image that no query excludes
-            (``G`` minus the largest per-query exclusion count).
-        exclude: a boolean ``[Q, G]`` mask, or a ``[Q]`` integer tensor of one gallery index per
-            query (``-1``: none), e.g. the reference image the protocol removes.
-    Ties keep gallery order (a stable sort), so the result is deterministic. Excluded images
-    never appear: ``top_n`` larger than what every query has left is an error.
-    """
-    if scores.dim() != 2:
-        raise ValueError(f"scores must be [Q, G], got {tuple(scores.shape)}")
-    mask = _exclusion_mask(scores, exclude)
-    available = scores.shape[1] - int(mask.sum(dim=1).max().item()) if scores.shape[0] else 0
-    n = available if top_n is None else top_n
-    if n > available:
-        raise ValueError(f"top_n={n} but some query has only {available} gallery images left")
-    order = torch.sort(scores, dim=1, descending=True, stable=True).indices
-    # a second stable sort moves excluded images last, even past scores of -inf
-    last = torch.sort(mask.gather(1, order).to(torch.uint8), dim=1, stable=True).indices
-    return order.gather(1, last)[:, :n]
-
-
-def relevance_matrix(ranks: torch.Tensor, relevant: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Boolean ``[Q, N]``: whether ``ranks[q, i]`` is one of ``relevant[q]`` (gallery indices)."""
-    if len(relevant) != ranks.shape[0]:
-        raise ValueError(f"{len(relevant)} relevance lists for {ranks.shape[0]} rankings")
-    width = max((len(r) for r in relevant), default=0)
-    if width == 0:
-        return torch.zeros_like(ranks, dtype=torch.bool)
-    padded = torch.full((len(relevant), width), -1, dtype=ranks.dtype, device=ranks.device)
-    for row, items in enumerate(relevant):
-        if items:
-            padded[row, : len(items)] = torch.as_tensor(list(items), dtype=ranks.dtype)
-    return (ranks.unsqueeze(2) == padded.unsqueeze(1)).any(dim=2)
-
-
-def recall_from_relevance(relevance: torch.Tensor, k: int) -> float:
-    """Recall@K (percent) from a boolean ``[Q, N]`` relevance matrix of ranked lists."""
-    _check_k(k)
-    if relevance.shape[0] == 0:
-        raise ValueError("no queries to score")
-    return 100.0 * relevance[:, :k].any(dim=1).float().mean().item()
-
-
-def map_from_relevance(relevance: torch.Tensor, num_gt: torch.Tensor, k: int) -> float:
-    """mAP@K (percent), CIRCO definition, from a boolean ``[Q, N]`` relevance matrix.
-
-    ``num_gt[q]`` is the number of ground truths of query ``q`` (``|GT|``, which the list
-    may not all contain).
-    """
-    _check_k(k)
-    if relevance.shape[0] == 0:
-        raise ValueError("no queries to score")
-    if bool((num_gt < 1).any()):
-        raise ValueError("average precision needs at least one ground truth per query")
-    rel = relevance[:, :k].double()
-    positions = torch.arange(1, rel.shape[1] + 1, dtype=torch.float64, device=rel.device)
-    precision_sum = (rel.cumsum(dim=1) / positions * rel).sum(dim=1)
-    denominator = num_gt.to(torch.float64).clamp(max=k)
-    return 100.0 * (precision_sum / denominator).mean().item()
-
-
-def subset_ranks_from_scores(
-    scores: torch.Tensor, members: torch.Tensor, reference: torch.Tensor
-) -> torch.Tensor:
-    """Vectorised CIRR subset ranking: member gallery indices sorted by score, best first.
-
-    Args:
-        scores: ``[Q, G]`` similarities.
-        members: ``[Q, M]`` distinct gallery indices of ``img_set.members`` (``-1`` pads
-            short rows).
-        reference: ``[Q]`` gallery index of each query's reference (removed from its subset).
-    Returns:
-        ``[Q, M]``: the ranked members; the reference and padding come last as ``-1``. Ties keep
-        the order of ``members``.
-    """
-    valid = (members >= 0) & (members != reference.unsqueeze(1))
-    member_scores = scores.gather(1, members.clamp(min=0))
-    order = torch.sort(member_scores, dim=1, descending=True, stable=True).indices
-    last = torch.sort((~valid).gather(1, order).to(torch.uint8), dim=1, stable=True).indices
-    order = order.gather(1, last)
-    ranked = members.gather(1, order)
-    return ranked.masked_fill(~valid.gather(1, order), -1)

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 import torch
 
 from dqecir.config import TRNSConfig
-from dqecir.models.backbones.base import pooled, similarity
+from dqecir.similarity import pooled, similarity
 
 
 @dataclass

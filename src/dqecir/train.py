@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqecir.checkpoint import atomic_write, load_checkpoint, save_checkpoint
+from dqecir.checkpoint import load_checkpoint, save_checkpoint
 from dqecir.config import Config, ConfigError, config_from_dict
 from dqecir.data.pipeline import (
     SplitFeatures,
@@ -34,14 +34,16 @@ from dqecir.data.pipeline import (
     build_train_queries,
 )
 from dqecir.data.types import CIRSplit
+from dqecir.device import resolve_device
 from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
 from dqecir.errors import CheckpointError, DqecirError
 from dqecir.evaluate import embed_gallery, merge_metrics, rank_split, score_split
+from dqecir.files import atomic_write
 from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
 from dqecir.models.attribute import AttributeLoss, Lexicon
-from dqecir.models.backbones.base import pooled, similarity
 from dqecir.models.cir import CIRModel, build_model
 from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
+from dqecir.similarity import pooled, similarity
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +53,6 @@ class TrainingDiverged(DqecirError):
 
 
 # ---------------------------------------------------------------------------- set-up helpers
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"train.device={name} but CUDA is not available")
-    return dev
-
-
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
     if amp == "none":
         return None

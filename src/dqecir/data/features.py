@@ -32,21 +32,21 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from dqecir.data.images import LOADER_VERSION, load_tensor
+from dqecir.data.images import LOADER_VERSION, Preprocess, load_tensor
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone
+from dqecir.files import fsync_path, write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,21 @@ MANIFEST = "manifest.json"
 IDS = "ids.json"
 IMAGE_FIELD = "image"
 _COPY_ROWS = 4096
+
+
+class FrozenStage(Protocol):
+    """What the cache needs of a backbone: its frozen towers and their identity (every
+    :class:`~dqecir.models.backbones.base.Backbone` is one; data/ never imports models/)."""
+
+    preprocess: Preprocess
+
+    def image_features(self, pixels: torch.Tensor) -> torch.Tensor: ...
+
+    def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def image_cache_key(self) -> str: ...
+
+    def text_cache_key(self) -> str: ...
 
 
 def text_id(text: str) -> str:
@@ -204,9 +219,9 @@ class _Store:
         try:
             ids = (old.ids if old else []) + new_ids
             arrays = self._write_rows(gen, len(ids), old, len(new_ids), batches)
-            _write_json(gen / IDS, ids)
+            write_json_atomic(gen / IDS, ids)
             for name in arrays:
-                _fsync(gen / f"{name}.npy")
+                fsync_path(gen / f"{name}.npy")
             manifest = {
                 "format": FORMAT,
                 "kind": self.kind,
@@ -219,7 +234,7 @@ class _Store:
                 },
             }
             del arrays
-            _write_json(self.manifest_path, manifest)
+            write_json_atomic(self.manifest_path, manifest)
         except BaseException:
             shutil.rmtree(gen, ignore_errors=True)
             raise
@@ -317,25 +332,6 @@ class _Store:
                 shutil.rmtree(p, ignore_errors=True)
 
 
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_json(path: Path, obj: object) -> None:
-    """Atomic write: temp file in the same folder, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync(path.parent)
-
-
 # ---- the cache ------------------------------------------------------------------------
 def _chunks(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for i in range(0, len(items), size):
@@ -363,7 +359,7 @@ class FeatureCache:
 
     def image_features(
         self,
-        backbone: Backbone,
+        backbone: FrozenStage,
         ids: Sequence[str],
         paths: Mapping[str, str | Path] | Sequence[str | Path],
         *,
@@ -399,7 +395,7 @@ class FeatureCache:
 
     def text_features(
         self,
-        backbone: Backbone,
+        backbone: FrozenStage,
         texts: Sequence[str],
         *,
         batch_size: int = 256,
@@ -427,7 +423,7 @@ class FeatureCache:
 
     def _image_batches(
         self,
-        backbone: Backbone,
+        backbone: FrozenStage,
         ids: list[str],
         path_of: Mapping[str, Path],
         batch_size: int,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import warnings
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +29,6 @@ import torch
 from PIL import Image, ImageOps
 
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Preprocess
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,30 @@ LOADER_VERSION = 2
 """Changes whenever the pixels a file decodes to change (2: EXIF orientation, 16-bit / float
 scaling, canvas-free padding); the frozen-feature cache keys on it."""
 _EXIF_ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Image preprocessing that travels with the model (and its checkpoints / indexes)."""
+
+    image_size: int = 224
+    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
+    target_pad: float = 1.25
+    """Pad the shorter side so that the aspect ratio is at most this (SPRC's target-pad);
+    values <= 1 disable padding."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocess:
+        return cls(
+            image_size=int(d["image_size"]),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            target_pad=float(d["target_pad"]),
+        )
 
 
 def load_image(

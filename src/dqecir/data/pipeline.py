@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dqecir.data.features import IMAGE_FIELD, FeatureCache, FrozenStage
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone
 
 
 def query_texts(
@@ -117,7 +117,7 @@ def split_images(split: CIRSplit) -> tuple[list[str], list[Path]]:
 
 
 def build_features(
-    backbone: Backbone,
+    backbone: FrozenStage,
     splits: Sequence[CIRSplit],
     *,
     train: bool,
@@ -133,8 +133,6 @@ def build_features(
     Image features are loaded into memory (float32) when they take at most ``max_memory_gb``;
     larger ones stay memory-mapped and are read per batch. Text features are held as float16
     (as cached): a pool of phrasings per training query multiplies them."""
-    from dqecir.data.features import IMAGE_FIELD, FeatureCache
-
     ids: dict[str, Path] = {}
     for s in splits:
         for i, p in zip(*split_images(s), strict=True):

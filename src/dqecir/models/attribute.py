@@ -1,6 +1,6 @@
 """Learnable attribute weights (AW) and the attribute-aware auxiliary loss.
 
-Two realisations (METHOD.md), both keeping the gallery side query-independent so that one
+Two realisations (docs/method.md, "Attribute weights"), both keeping the gallery side query-independent so that one
 index serves every query:
 
 - ``gate``: ``g(m) = softplus(w_0) + sum_a alpha_a(m) softplus(w_a)``, ``q* = normalise(q ⊙ g)``;

@@ -14,7 +14,8 @@ from torch import nn
 
 from dqecir.losses import Temperature
 from dqecir.models.attribute import AttributeWeights
-from dqecir.models.backbones.base import Backbone, pooled, similarity
+from dqecir.models.backbones.base import Backbone
+from dqecir.similarity import similarity
 
 
 class CIRModel(nn.Module):
@@ -75,11 +76,6 @@ class CIRModel(nn.Module):
     @staticmethod
     def score(q: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
         return similarity(q, gallery)
-
-    @staticmethod
-    def image_similarity(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """``s_img``: cosine of mean-pooled, re-normalised gallery tokens, ``[A, B]``."""
-        return pooled(a) @ pooled(b).T
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:
         sd = {f"backbone.{k}": v for k, v in self.backbone.trainable_state_dict().items()}

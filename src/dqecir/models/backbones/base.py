@@ -1,4 +1,4 @@
-"""The backbone contract (METHOD.md) every registered backbone implements.
+"""The backbone contract (docs/extending.md, "Backbone") every registered backbone implements.
 
 A backbone is split in two stages so that frozen towers run once per image / text and can be
 cached on disk (``dqecir.data.features``), while training runs only the trainable part:
@@ -10,42 +10,21 @@ cached on disk (``dqecir.data.features``), while training runs only the trainabl
    ``encode_gallery(image_feats) -> [B, Nt, d]`` L2-normalised tokens (gallery never sees text);
    ``encode_query(image_feats, text_feats) -> (q [B, d] L2-normalised, h [B, dh])``.
 
-Similarity is ``s(q, T) = max_k <q, T_k>`` (:func:`similarity`).
+Similarity is ``s(q, T) = max_k <q, T_k>`` (:func:`dqecir.similarity.similarity`).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from dqecir.data.images import Preprocess
 from dqecir.errors import CheckpointError
+from dqecir.similarity import pooled, similarity
 
-
-@dataclass(frozen=True)
-class Preprocess:
-    """Image preprocessing that travels with the model (and its checkpoints / indexes)."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple[float, float, float] = (0.26862954, 0.26130258, 0.27577711)
-    target_pad: float = 1.25
-    """Pad the shorter side so that the aspect ratio is at most this (SPRC's target-pad);
-    values <= 1 disable padding."""
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Preprocess:
-        return cls(
-            image_size=int(d["image_size"]),
-            mean=tuple(float(x) for x in d["mean"]),
-            std=tuple(float(x) for x in d["std"]),
-            target_pad=float(d["target_pad"]),
-        )
+__all__ = ["Backbone", "Preprocess", "pooled", "similarity", "tokenize_padded"]
 
 
 class Backbone(nn.Module):
@@ -134,53 +113,6 @@ class Backbone(nn.Module):
         with torch.no_grad():
             for n, p in params.items():
                 p.copy_(sd[n].to(device=p.device, dtype=p.dtype))
-
-    def collate_text(self, feats: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-        """Batch per-text feature dicts (rows without the batch dimension).
-
-        Rows of equal shape are stacked; rows of different lengths along their first (token)
-        dimension are zero-padded to the longest, so a mask padded with 0 marks the padding.
-        """
-        if not feats:
-            raise ValueError("collate_text needs at least one text")
-        return {k: _stack_padded([f[k] for f in feats]) for k in feats[0]}
-
-
-def _stack_padded(rows: list[torch.Tensor]) -> torch.Tensor:
-    if all(r.shape == rows[0].shape for r in rows):
-        return torch.stack(rows)
-    if any(r.dim() == 0 or r.shape[1:] != rows[0].shape[1:] for r in rows):
-        raise ValueError(
-            f"text features differ beyond the token dimension: {[r.shape for r in rows]}"
-        )
-    n = max(r.shape[0] for r in rows)
-    out = rows[0].new_zeros((len(rows), n, *rows[0].shape[1:]))
-    for i, r in enumerate(rows):
-        out[i, : r.shape[0]] = r
-    return out
-
-
-def similarity(q: torch.Tensor, gallery: torch.Tensor) -> torch.Tensor:
-    """``s(q, T) = max_k <q, T_k>`` for every query / gallery pair.
-
-    Args:
-        q: ``[Q, d]`` queries.
-        gallery: ``[G, Nt, d]`` gallery tokens (``Nt = 1`` for pooled encoders).
-    Returns:
-        ``[Q, G]`` scores.
-    """
-    if gallery.dim() == 2:
-        gallery = gallery.unsqueeze(1)
-    if gallery.shape[1] == 1:
-        return q @ gallery[:, 0].T
-    return torch.einsum("qd,gkd->qgk", q, gallery).amax(dim=-1)
-
-
-def pooled(gallery: torch.Tensor) -> torch.Tensor:
-    """Mean-pooled, re-normalised gallery tokens ``[G, d]`` (for image-to-image similarity)."""
-    if gallery.dim() == 2:
-        return gallery
-    return nn.functional.normalize(gallery.mean(dim=1), dim=-1)
 
 
 def tokenize_padded(tokenizer, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:

@@ -24,8 +24,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dqecir.data.images import Preprocess
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone, Preprocess, tokenize_padded
+from dqecir.models.backbones.base import Backbone, tokenize_padded
 from dqecir.registry import register_backbone
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)

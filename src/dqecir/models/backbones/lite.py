@@ -26,8 +26,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from dqecir.data.images import Preprocess
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone, Preprocess, tokenize_padded
+from dqecir.models.backbones.base import Backbone, tokenize_padded
 from dqecir.models.backbones.tiny import masked_mean
 from dqecir.registry import register_backbone
 

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from dqecir.models.backbones.base import Backbone, Preprocess
+from dqecir.data.images import Preprocess
+from dqecir.models.backbones.base import Backbone
 from dqecir.registry import register_backbone
 
 _WORD = re.compile(r"[a-z0-9]+")
