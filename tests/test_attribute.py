@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dqecir.models.attribute import AttributeLoss, AttributeWeights, Lexicon
+from dqecir.losses import AttributeLoss
+from dqecir.models.attribute import AttributeWeights, Lexicon
 from dqecir.models.backbones.base import similarity
 
 

@@ -7,8 +7,7 @@ import pytest
 import yaml
 
 from dqecir.data.synthetic import make_benchmark
-from dqecir.models.attribute import Lexicon
-from dqecir.train import load_lexicon
+from dqecir.models.attribute import Lexicon, load_lexicon
 
 LEX = Path(__file__).resolve().parents[1] / "src" / "dqecir" / "lexicons"
 

@@ -159,14 +159,16 @@ def test_training_never_reads_heldout_phrasing(bench, tmp_path, monkeypatch):
     meta = json.loads((bench / "meta.json").read_text())
     held = meta["phrasing"]["sides"]["heldout"]["words"]
     held_words = {w for vals in held.values() for ws in vals.values() for w in ws}
-    lex_words = {w for vals in trainer.lexicon.words.values() for ws in vals.values() for w in ws}
+    lex_words = {
+        w for vals in trainer.data.lexicon.words.values() for ws in vals.values() for w in ws
+    }
     assert not held_words & lex_words
     train_caps = json.loads((bench / "cirr/captions/cap.rc2.train.json").read_text())
     pools = {t for r in train_caps for t in r["caption_variants"]}
-    assert set(trainer.train_table.texts) == pools
+    assert set(trainer.data.train_table.texts) == pools
     for name in ("val-unseen", "test1-unseen", "test1"):
         other = json.loads((bench / f"cirr/captions/cap.rc2.{name}.json").read_text())
-        assert not {r["caption"] for r in other} & set(trainer.train_table.texts) - pools
+        assert not {r["caption"] for r in other} & set(trainer.data.train_table.texts) - pools
 
 
 def test_each_epoch_reads_a_fresh_phrasing(bench, tmp_path):
@@ -174,9 +176,9 @@ def test_each_epoch_reads_a_fresh_phrasing(bench, tmp_path):
     qz = trainer.queries
     assert int(qz.n_options.min()) == 8  # the tiny benchmark writes 8 phrasings per query
     rows = torch.arange(len(qz))
-    seen = torch.stack([qz.options_of_epoch(rows, e, trainer._text_offset) for e in range(8)])
+    seen = torch.stack([qz.options_of_epoch(rows, e, trainer.data.text_offset) for e in range(8)])
     assert all(len(set(seen[:, i].tolist())) == 8 for i in range(len(qz)))
-    assert torch.equal(seen[0], qz.options_of_epoch(rows, 8, trainer._text_offset))
+    assert torch.equal(seen[0], qz.options_of_epoch(rows, 8, trainer.data.text_offset))
     capped = Trainer(_cfg(bench, tmp_path, "data.caption_variants=2"), tmp_path)
     assert int(capped.queries.n_options.max()) == 2
 

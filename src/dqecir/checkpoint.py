@@ -14,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
@@ -110,6 +112,40 @@ class Checkpoint:
         if "optimizer" not in self.meta:
             return None
         return _unflatten_optimizer(self.section("optim"), self.meta["optimizer"])
+
+    def restore_rng(self) -> None:
+        """Set torch's, Python's and numpy's global generators to the states saved with
+        :func:`host_rng_state` (a resumed run then draws what the uninterrupted run drew)."""
+        torch.set_rng_state(self.tensors["rng.torch"])
+        s = self.meta["python_rng"]
+        random.setstate((s[0], tuple(s[1]), s[2]))
+        n = self.meta["numpy_rng"]
+        np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), n[2], n[3], n[4]))
+
+
+def host_rng_state() -> dict[str, list]:
+    """Python's and numpy's generator states as JSON, for a checkpoint's ``meta`` (torch's is
+    stored as a tensor by :func:`save_checkpoint`)."""
+    v, state, g = random.getstate()
+    name, keys, pos, has_g, gauss = np.random.get_state()
+    return {
+        "python_rng": [v, list(state), g],
+        "numpy_rng": [name, keys.tolist(), int(pos), int(has_g), float(gauss)],
+    }
+
+
+def check_optimizer_shapes(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
+    """torch loads optimizer moments of any shape and fails at the first step; fail now."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for pid, st in state["state"].items():
+        if not 0 <= int(pid) < len(params):
+            raise ValueError(f"optimizer state for parameter {pid}, the model has {len(params)}")
+        for name, v in st.items():
+            if isinstance(v, torch.Tensor) and v.dim() and v.shape != params[int(pid)].shape:
+                raise ValueError(
+                    f"optimizer {name} of parameter {pid} has shape {tuple(v.shape)}, the "
+                    f"parameter {tuple(params[int(pid)].shape)}"
+                )
 
 
 def load_checkpoint(path: Path) -> Checkpoint:

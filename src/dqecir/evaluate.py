@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from dqecir.data.pipeline import SplitFeatures, query_texts
 from dqecir.data.types import CIRSplit
-from dqecir.models.cir import CIRModel
+from dqecir.models.cir import CIRModel, embed_gallery
 
 log = logging.getLogger(__name__)
 
@@ -34,24 +34,6 @@ class SplitRanking:
     subset_rankings: dict[str, list[str]] | None
     relevance: dict[str, list[float]] | None = None
     """Attribute relevance ``alpha`` per query (models with attribute weights)."""
-
-
-@torch.no_grad()
-def embed_gallery(
-    model: CIRModel,
-    image_feats: torch.Tensor,
-    device: torch.device,
-    batch_size: int = 256,
-    progress: bool = False,
-) -> torch.Tensor:
-    """Index embeddings ``[N, Nt, D]`` (float32, on ``device``) for frozen image features."""
-    model.eval()
-    out = []
-    it = range(0, len(image_feats), batch_size)
-    for i in tqdm(it, desc="gallery", disable=not progress, leave=False):
-        x = image_feats[i : i + batch_size].to(device).float()
-        out.append(model.gallery(x).float())
-    return torch.cat(out) if out else torch.empty(0)
 
 
 @torch.no_grad()
@@ -151,6 +133,24 @@ def phrasing_splits(benchmark: str, root: Path, split: str) -> dict[str, str]:
         if exists(Path(root), f"{split}-{v}").is_file():
             out[v] = f"{split}-{v}"
     return out
+
+
+def validate(
+    model: CIRModel,
+    splits: Sequence[CIRSplit],
+    table: SplitFeatures,
+    device: torch.device,
+    *,
+    batch_size: int = 256,
+    topk: int = 50,
+) -> dict[str, float]:
+    """The metrics of ``splits`` (with targets) whose frozen features ``table`` holds: what
+    training selects its best epoch by."""
+    results = []
+    for s in splits:
+        r = rank_split(model, s, table, device, batch_size=batch_size, topk=topk)
+        results.append((s, score_split(r, model.attributes)))
+    return merge_metrics(results)
 
 
 def merge_metrics(results: Sequence[tuple[CIRSplit, dict[str, float]]]) -> dict[str, float]:

@@ -5,16 +5,23 @@
 - :class:`RelevanceKL`: relevance suppression, ``KL(p_hat || p)`` over the target and its mined
   negatives, with soft targets from the target's own image similarity (``L_kl``).
 - :class:`MarginRank`: semantic confusion hinge between the target and each negative (``L_rank``).
-- attribute losses live beside the attribute head (:mod:`dqecir.models.attribute`).
+- :class:`AttributeLoss`: ``L_attr``, the attribute relevance against the lexicon labels (BCE) and
+  in-batch InfoNCE in each mentioned attribute's subspace.
+
+Which terms a run uses, their weights and the masks: :mod:`dqecir.objective`.
 """
 
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from dqecir.models.attribute import AttributeWeights
 
 
 class Temperature(nn.Module):
@@ -104,3 +111,43 @@ class MarginRank(nn.Module):
         loss = (hinge * valid).sum() / n
         active = ((hinge > 0) & valid).sum().float() / n
         return {"rank": loss, "rank_active": active.detach()}
+
+
+class AttributeLoss(nn.Module):
+    """``L_attr``: (a) BCE between ``alpha`` and the lexicon labels; (b) for each attribute a text
+    mentions, in-batch InfoNCE in that attribute's weighted subspace."""
+
+    def __init__(self, w_bce: float = 1.0, w_nce: float = 1.0) -> None:
+        super().__init__()
+        self.w_bce = w_bce
+        self.w_nce = w_nce
+
+    def forward(
+        self,
+        aw: AttributeWeights,
+        h: torch.Tensor,
+        q: torch.Tensor,
+        t_pooled: torch.Tensor,
+        labels: torch.Tensor,
+        tau: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        """``q``: un-weighted queries ``[B, d]``; ``t_pooled``: pooled target embeddings ``[B, d]``;
+        ``labels``: ``[B, A]`` lexicon labels (0/1)."""
+        logits = aw.relevance_logits(h)
+        bce = F.binary_cross_entropy_with_logits(logits, labels.float())
+        nce = q.new_zeros((), dtype=torch.float32)
+        n_terms = 0
+        for a in range(len(aw.attributes)):
+            rows = labels[:, a] > 0.5
+            if rows.sum() < 2:
+                continue
+            qa = aw.attribute_space(q[rows].float(), a)
+            ta = aw.attribute_space(t_pooled.float(), a)
+            logits_a = qa @ ta.T / tau
+            target_cols = torch.nonzero(rows, as_tuple=False).squeeze(1)
+            nce = nce + F.cross_entropy(logits_a, target_cols)
+            n_terms += 1
+        if n_terms:
+            nce = nce / n_terms
+        total = self.w_bce * bce + self.w_nce * nce
+        return {"attr": total, "attr_bce": bce.detach(), "attr_nce": nce.detach()}

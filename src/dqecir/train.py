@@ -12,12 +12,11 @@ gradients are averaged, and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,31 +24,47 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from dqecir.checkpoint import load_checkpoint, save_checkpoint
-from dqecir.config import Config, ConfigError, config_from_dict
-from dqecir.data.pipeline import (
-    SplitFeatures,
-    TrainQueries,
-    build_features,
-    build_train_queries,
+from dqecir.checkpoint import (
+    Checkpoint,
+    check_optimizer_shapes,
+    host_rng_state,
+    load_checkpoint,
+    save_checkpoint,
 )
+from dqecir.config import Config, ConfigError, TRNSConfig, config_from_dict
+from dqecir.data.pipeline import SplitFeatures, TrainQueries, build_features, build_train_queries
 from dqecir.data.types import CIRSplit
 from dqecir.device import resolve_device
 from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
 from dqecir.errors import CheckpointError, DqecirError
-from dqecir.evaluate import embed_gallery, merge_metrics, rank_split, score_split
-from dqecir.files import atomic_write
-from dqecir.losses import ITCLoss, MarginRank, RelevanceKL
-from dqecir.models.attribute import AttributeLoss, Lexicon
-from dqecir.models.cir import CIRModel, build_model
+from dqecir.evaluate import validate
+from dqecir.models.attribute import Lexicon, load_lexicon, text_labels
+from dqecir.models.cir import CIRModel, build_model, embed_gallery
+from dqecir.objective import DQECIRObjective, ObjectiveBatch
+from dqecir.runlog import RunLog, drop_temporary_files, open_run_log, truncate_log
 from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
-from dqecir.similarity import pooled, similarity
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(DqecirError):
     """The loss became NaN or infinite: the run stops before saving anything of it."""
+
+    @classmethod
+    def at(
+        cls, out: Path, state: TrainState, epoch: int, vals: dict[str, float]
+    ) -> TrainingDiverged:
+        terms = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
+        kept = (
+            f"{out / 'last.safetensors'} holds epoch {state.epoch}"
+            if state.epoch
+            else "no checkpoint was written"
+        )
+        return cls(
+            f"training diverged at epoch {epoch + 1}, step {state.global_step}: "
+            f"the loss is not finite ({terms}); stopped without saving this epoch ({kept}). "
+            "Lower train.lr, check train.grad_clip, or look for broken data"
+        )
 
 
 # ---------------------------------------------------------------------------- set-up helpers
@@ -93,31 +108,6 @@ def ensure_data(cfg: Config) -> None:
     out = root.parent if root.name in ("cirr", "circo") else root
     log.info("building the %s benchmark in %s", kind, out)
     make_benchmark(kind, out, **make)
-
-
-def load_lexicon(spec: str, root: str | Path = "") -> Lexicon | None:
-    """The attribute lexicon ``spec`` names: ``benchmark`` (the ``lexicon.yaml`` an embedded
-    benchmark writes into its layout folder ``root``: its train phrasing only), a name under
-    ``dqecir/lexicons`` or a YAML path; None for an empty spec."""
-    if not spec:
-        return None
-    import yaml
-
-    if spec == "benchmark":
-        path = Path(root) / "lexicon.yaml"
-    else:
-        path = Path(spec)
-        if not path.suffix:
-            path = Path(__file__).parent / "lexicons" / f"{spec}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"lexicon {spec!r}: no file {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ConfigError(f"lexicon {path}: invalid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"lexicon {path}: expected attribute -> value -> phrases")
-    return Lexicon(data)
 
 
 def make_scheduler(
@@ -164,62 +154,54 @@ def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
 
 
-class JsonlLog:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+# ---------------------------------------------------------------------------- the data
+@dataclass
+class TrainData:
+    """What a run trains and validates on: the splits, their frozen features (through the
+    feature cache), the training queries as index tensors and their attribute labels."""
 
-    def write(self, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+    train_splits: list[CIRSplit]
+    val_splits: list[CIRSplit]
+    train_table: SplitFeatures
+    val_table: SplitFeatures
+    queries: TrainQueries
+    lexicon: Lexicon | None
+    text_labels: torch.Tensor
+    """``[texts, A]`` lexicon labels of every training text (``L_attr``)."""
+    text_offset: torch.Tensor
+    """``[Q]``: each query reads its phrasings in turn from its own starting point (seeded)."""
 
-    def close(self) -> None:
-        pass
-
-
-class NullLog:
-    """The log of a process that is not rank 0: records are dropped (rank 0 writes them)."""
-
-    def write(self, record: dict[str, Any]) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
+    def images(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """Frozen features of training images ``rows`` (kept on the CPU), on ``device``."""
+        return self.train_table.images[rows].to(device, non_blocking=True).float()
 
 
-class TensorBoardLog:
-    """Every record also as TensorBoard scalars at its global step (``train.tensorboard``):
-    ``train/<term>`` (step records), ``trns/<statistic>``, ``val/<metric>`` and
-    ``epoch/<term>`` (epoch records). The ``tensorboard`` package is imported only here."""
-
-    def __init__(self, inner: JsonlLog, folder: Path) -> None:
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError as e:
-            raise ConfigError(
-                "train.tensorboard is true but the tensorboard package is not installed: "
-                "pip install 'dqecir[tensorboard]' (or set train.tensorboard=false)"
-            ) from e
-        self.inner = inner
-        self.writer = SummaryWriter(log_dir=str(folder))
-
-    def write(self, record: dict[str, Any]) -> None:
-        self.inner.write(record)
-        step = int(record.get("step", 0))
-        event = record.get("event")
-        groups = {"step": [("train", record)], "trns": [("trns", record)],
-                  "epoch": [("val", record.get("val") or {}), ("epoch", record.get("train") or {}),
-                            ("time", record)]}.get(event, [])  # fmt: skip
-        for prefix, values in groups:
-            for key, value in values.items():
-                if key in ("event", "epoch", "step") or isinstance(value, (bool, dict)):
-                    continue
-                if isinstance(value, (int, float)) and math.isfinite(value):
-                    self.writer.add_scalar(f"{prefix}/{key}", value, step)
-        if event == "epoch":
-            self.writer.flush()
-
-    def close(self) -> None:
-        self.writer.close()
+def load_train_data(cfg: Config, model: CIRModel, device: torch.device, dist: DistEnv) -> TrainData:
+    cache = (
+        Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".dqecir-cache"
+    )
+    bb, fb = model.backbone, cfg.train.feature_batch_size
+    lexicon = load_lexicon(cfg.data.lexicon, cfg.data.root)
+    train_splits = load_splits(cfg, cfg.data.train_split)
+    val_splits = load_splits(cfg, cfg.data.val_split)
+    with dist.main_first():  # the feature cache takes one writer at a time
+        train_table = build_features(
+            bb, train_splits, train=True, cache_dir=cache, device=device, batch_size=fb,
+            max_variants=cfg.data.caption_variants,
+        )  # fmt: skip
+        val_table = build_features(
+            bb, val_splits, train=False, cache_dir=cache, device=device, batch_size=fb
+        )
+    queries = build_train_queries(
+        train_splits, train_table, cfg.data.random_caption_order, cfg.data.caption_variants
+    )
+    offset = torch.randint(
+        0, 1 << 30, (len(queries),), generator=torch.Generator().manual_seed(cfg.train.seed)
+    )
+    labels = text_labels(lexicon, train_table.texts, model.attributes)
+    return TrainData(
+        train_splits, val_splits, train_table, val_table, queries, lexicon, labels, offset
+    )
 
 
 # ---------------------------------------------------------------------------- the trainer
@@ -233,7 +215,28 @@ class TrainState:
     trns_updates: int = 0
 
 
+@dataclass
+class EpochSums:
+    """Running sums of one epoch's step terms (their means go into the epoch record)."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    steps: int = 0
+    trns_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+    def add(self, vals: dict[str, float]) -> None:
+        for k, v in vals.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.steps += 1
+
+    def means(self) -> dict[str, float]:
+        return {k: v / max(1, self.steps) for k, v in self.sums.items()}
+
+
 class Trainer:
+    """The loop: batches, the TRNS mining schedule, validation, checkpoints and the log. What
+    a step minimises is :class:`~dqecir.objective.DQECIRObjective`'s."""
+
     def __init__(self, cfg: Config, out_dir: Path, dist: DistEnv | None = None) -> None:
         self.cfg = cfg
         self.out = Path(out_dir)
@@ -247,272 +250,101 @@ class Trainer:
             ensure_data(cfg)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
         self.dist.broadcast_parameters(self._trainable())
-        self.lexicon = load_lexicon(cfg.data.lexicon, cfg.data.root)
-        cache = (
-            Path(cfg.data.cache_dir)
-            if cfg.data.cache_dir
-            else Path(cfg.data.root) / ".dqecir-cache"
-        )
-        bb = self.model.backbone
-        fb = cfg.train.feature_batch_size
-        self.train_splits = load_splits(cfg, cfg.data.train_split)
-        self.val_splits = load_splits(cfg, cfg.data.val_split)
-        with self.dist.main_first():  # the feature cache takes one writer at a time
-            self.train_table = build_features(
-                bb, self.train_splits, train=True, cache_dir=cache, device=self.device,
-                batch_size=fb, max_variants=cfg.data.caption_variants,
-            )  # fmt: skip
-            self.val_table = build_features(
-                bb, self.val_splits, train=False, cache_dir=cache, device=self.device,
-                batch_size=fb,
-            )  # fmt: skip
-        self.queries: TrainQueries = build_train_queries(
-            self.train_splits, self.train_table, cfg.data.random_caption_order,
-            cfg.data.caption_variants,
-        )  # fmt: skip
-        # each query reads its phrasings in turn from its own starting point (seeded)
-        self._text_offset = torch.randint(
-            0,
-            1 << 30,
-            (len(self.queries),),
-            generator=torch.Generator().manual_seed(cfg.train.seed),
-        )
-        self.text_labels = self._text_labels(self.train_table)
+        self.data = load_train_data(cfg, self.model, self.device, self.dist)
+        self.queries = self.data.queries
         self.batches = epoch_batches(len(self.queries), cfg.train.batch_size, self.dist.world)
         self.steps_per_epoch = len(self.batches)  # ceil(queries / batch_size) in one process
-        self.total_steps = self.steps_per_epoch * cfg.train.epochs
         self.opt = make_optimizer(self.model, cfg)
-        self.sched = make_scheduler(self.opt, cfg, self.total_steps)
-        self.itc = ITCLoss()
-        self.kl = RelevanceKL(cfg.loss.tau_soft)
-        self.rank = MarginRank()
-        self.attr = AttributeLoss(cfg.loss.attr_bce, cfg.loss.attr_nce)
-        self.schedule = TRNSSchedule(
-            cfg.trns.warmup_epochs, cfg.trns.update_interval, cfg.trns.interval_unit
+        self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch * cfg.train.epochs)
+        self.objective = DQECIRObjective(
+            cfg.loss, self.queries.gts, trns=cfg.trns.enabled, dist=self.dist
         )
-        self.zone = ZoneSpec(
-            cfg.trns.zone, cfg.trns.zlow, cfg.trns.zhigh, cfg.trns.low, cfg.trns.high,
-            cfg.trns.qlow, cfg.trns.qhigh,
-        )  # fmt: skip
-        self.negatives = torch.full((len(self.queries), cfg.trns.k), -1, dtype=torch.long)
+        t = cfg.trns
+        self.schedule = TRNSSchedule(t.warmup_epochs, t.update_interval, t.interval_unit)
+        self.miner = NegativeMiner(self.data, t, cfg.eval.batch_size, self.device, self.dist)
+        self.negatives = torch.full((len(self.queries), t.k), -1, dtype=torch.long)
         self.state = TrainState()
-        self.log: JsonlLog | NullLog | TensorBoardLog = NullLog()
-        if self.dist.is_main:
-            self.log = JsonlLog(self.out / "log.jsonl")
-            if cfg.train.tensorboard:
-                self.log = TensorBoardLog(self.log, self.out / "tensorboard")
-        # Ground-truth sets as a sparse lookup for the in-batch mask.
-        self._gt_sets = [set(g) for g in self.queries.gts]
-        # TRNS never-negatives (reference + annotated ground truths), built once, for the
-        # queries this process mines (all of them in a single process).
-        self._mine_rows = self.dist.share(len(self.queries))
-        self._excluded = Exclusions(
-            [
-                sorted(g | {r})
-                for g, r in zip(self._gt_sets, self.queries.reference.tolist(), strict=True)
-            ][self._mine_rows]
+        self.log: RunLog = open_run_log(
+            self.out, main=self.dist.is_main, tensorboard=cfg.train.tensorboard
         )
-        self._images = self.train_table.images  # kept on CPU; batches move to the device
 
     # -- helpers ---------------------------------------------------------------------
-    def _text_labels(self, table: SplitFeatures) -> torch.Tensor:
-        attrs = self.model.attributes
-        if self.lexicon is None or not attrs:
-            return torch.zeros(len(table.texts), max(1, len(attrs)))
-        return torch.tensor([self.lexicon.labels(t, attrs) for t in table.texts])
-
-    def _autocast(self):
+    def _autocast(self) -> torch.autocast:
         if self.amp is None:
             return torch.autocast(self.device.type, enabled=False)
         return torch.autocast(self.device.type, dtype=self.amp)
 
-    def _img(self, rows: torch.Tensor) -> torch.Tensor:
-        return self._images[rows].to(self.device, non_blocking=True).float()
-
     def _trainable(self) -> list[torch.nn.Parameter]:
         return [p for p in self.model.parameters() if p.requires_grad]
 
-    def trns_active(self) -> bool:
-        c = self.cfg
-        return c.trns.enabled and (c.loss.w_kl > 0 or c.loss.w_rank > 0)
+    def _tau(self) -> float:
+        return float(self.model.temperature().detach())
 
     # -- TRNS --------------------------------------------------------------------------
-    @torch.no_grad()
     def mine(self) -> dict[str, float]:
-        t0 = time.perf_counter()
-        self.model.eval()
-        d, mine = self.dist, self._mine_rows
-        images = self._images if not d.active else _Rows(self._images, d.share(len(self._images)))
-        pool = embed_gallery(self.model, images, self.device, self.cfg.eval.batch_size)
-        pool = d.gather_nograd(pool)  # every process holds the whole pool
-        t_pool = time.perf_counter() - t0
-        qs = []  # this process scores its share of the queries
-        for i in range(mine.start, mine.stop, self.cfg.eval.batch_size):
-            sl = slice(i, min(i + self.cfg.eval.batch_size, mine.stop))
-            ref = self._img(self.queries.reference[sl])
-            tf = {
-                k: v.to(self.device)
-                for k, v in self.train_table.text_batch(self.queries.text[sl, 0]).items()
-            }
-            qs.append(self.model.query(ref, tf)["q_star"].float())
-        q = torch.cat(qs)
-        gen = torch.Generator(device=self.device).manual_seed(
-            self.cfg.train.seed * 1000 + self.state.trns_updates + 7919 * d.rank
-        )
-        res = mine_negatives(
-            q,
-            pool,
-            self.queries.target[mine].to(self.device),
-            self._excluded,
-            self.cfg.trns.k,
-            self.zone,
-            float(self.model.temperature().detach()),
-            dup_threshold=self.cfg.trns.dup_threshold,
-            chunk_size=self.cfg.trns.chunk_size,
-            generator=gen,
-        )
-        self.negatives = d.gather_nograd(res.negatives.to(self.device)).cpu()  # all queries
+        """New negative sets for every training query; returns the mining statistics."""
+        seed = self.cfg.train.seed * 1000 + self.state.trns_updates
+        self.negatives, stats = self.miner.mine(self.model, self._tau(), seed)
         self.state.trns_last_step = self.state.global_step
         self.state.trns_updates += 1
         self.model.train()
-        stats = dict(res.stats)
-        if d.active:
-            stats = _merge_mining_stats(d.all_gather_objects((mine.stop - mine.start, stats)))
-        stats["pool_seconds"] = t_pool
-        stats["total_seconds"] = time.perf_counter() - t0
         return stats
-
-    def trns_terms(
-        self,
-        b: torch.Tensor,
-        q_star: torch.Tensor,
-        scores: torch.Tensor,
-        tgt_tokens: torch.Tensor,
-        tau: torch.Tensor,
-        ignore: torch.Tensor | None,
-        offset: int = 0,
-        pooled_all: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """``L_kl`` and ``L_rank`` over each query's target and its current TRNS negatives.
-
-        ``scores`` ``[B, N]``: this process's queries against the targets of the whole
-        (gathered) batch; query ``i``'s own target is column ``offset + i``. ``pooled_all``:
-        pooled targets of the whole batch (for ``kl_inbatch``; default: these ``B``).
-        """
-        cfg = self.cfg
-        negs = self.negatives[b]
-        valid = (negs >= 0).to(self.device)
-        neg_tokens = self.model.gallery_tokens(self._img(negs.clamp(min=0).flatten()))
-        n_idx = self.model.to_index(neg_tokens).float()
-        n_idx = n_idx.view(len(b), negs.shape[1], *n_idx.shape[1:])
-        s_neg = torch.einsum("bd,bkld->bkl", q_star, n_idx).amax(-1)
-        s_pos = scores.diagonal(offset)
-        out: dict[str, torch.Tensor] = {}
-        if cfg.loss.w_kl > 0:
-            # soft targets: how much each candidate looks like the target itself (s_img)
-            img_t = pooled(tgt_tokens.float()).detach()
-            img_n = pooled(neg_tokens.float()).detach().view(len(b), negs.shape[1], -1)
-            m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
-            i_scores = torch.cat(
-                [torch.ones_like(s_pos).unsqueeze(1), torch.einsum("bd,bkd->bk", img_t, img_n)], 1
-            )
-            kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)
-            if cfg.loss.kl_inbatch:
-                cols = torch.arange(scores.shape[1], device=self.device)
-                own = offset + torch.arange(len(b), device=self.device)
-                off = cols.unsqueeze(0) != own.unsqueeze(1)
-                if ignore is not None:
-                    off &= ~ignore
-                img_all = img_t if pooled_all is None else pooled_all
-                m_scores = torch.cat([m_scores, scores], 1)
-                i_scores = torch.cat([i_scores, img_t @ img_all.T], 1)
-                kvalid = torch.cat([kvalid, off], 1)
-            out.update(self.kl(m_scores, i_scores, tau, kvalid))
-        if cfg.loss.w_rank > 0:
-            unit = tau.detach() if cfg.loss.rank_margin_units == "tau" else 1.0
-            rank = self.rank(s_pos, s_neg, cfg.loss.rank_margin * unit, valid)
-            out.update(self._over_all_slots(rank, valid, scores.shape[1]))
-        return out
-
-    def _over_all_slots(
-        self, terms: dict[str, torch.Tensor], valid: torch.Tensor, n_all: int
-    ) -> dict[str, torch.Tensor]:
-        """Under torchrun: rescale terms that average over this process's valid negative slots
-        (``MarginRank``) so that the batch-share weighting of :meth:`_backward` makes them the
-        average over the slots of the whole batch, as in one process."""
-        if not self.dist.active:
-            return terms
-        mine = valid.sum().clamp(min=1).float()
-        every = self.dist.all_sum(valid.sum()).clamp(min=1).float()
-        factor = mine / every * n_all / len(valid)
-        return {k: v * factor for k, v in terms.items()}
 
     # -- one step ------------------------------------------------------------------------
     def step_losses(self, b: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Loss terms of the batch ``b`` (the global batch under torchrun: this process encodes
-        its share of the rows; the in-batch terms, ITC and the attribute loss, see the rows of
-        every process, gathered with gradients, and come out the same on every rank)."""
-        cfg = self.cfg
-        qz = self.queries
-        choice = qz.options_of_epoch(b, self.state.epoch, self._text_offset)
-        b_all, trows_all, mine = b, qz.text[b, choice], self.dist.share(len(b))
-        b, trows = b_all[mine], trows_all[mine]
-        gather = self.dist.gather  # identity in a single process
-        tf = {k: v.to(self.device) for k, v in self.train_table.text_batch(trows).items()}
-        tau = self.model.temperature()
-        terms: dict[str, torch.Tensor] = {}
+        its share of the rows, see :mod:`dqecir.objective`)."""
+        qz, data = self.queries, self.data
+        choice = qz.options_of_epoch(b, self.state.epoch, data.text_offset)
+        trows_all, mine = qz.text[b, choice], self.dist.share(len(b))
+        rows, trows = b[mine], trows_all[mine]
+        batch = ObjectiveBatch(
+            reference=data.images(qz.reference[rows], self.device),
+            text={k: v.to(self.device) for k, v in data.train_table.text_batch(trows).items()},
+            target=data.images(qz.target[rows], self.device),
+            queries=b,
+            targets=qz.target[b],
+            labels=data.text_labels[trows_all].to(self.device),
+            offset=mine.start,
+        )
+        if self.objective.uses_negatives and self.state.trns_updates > 0:
+            batch.negatives = self.negatives[rows]
+            batch.negative_feats = data.images(batch.negatives.clamp(min=0).flatten(), self.device)
         with self._autocast():
-            qo = self.model.query(self._img(qz.reference[b]), tf)
-            tgt_tokens = self.model.gallery_tokens(self._img(qz.target[b]))
-            tgt = self.model.to_index(tgt_tokens)
-            q_star = qo["q_star"].float()
-            scores = similarity(gather(q_star), gather(tgt.float()))  # [B_all, B_all]
-            ignore = None
-            if cfg.loss.mask_batch_gt:
-                tg = qz.target[b_all].tolist()
-                ignore = torch.tensor(
-                    [[t in self._gt_sets[i] for t in tg] for i in b_all.tolist()],
-                    device=self.device,
-                )
-            terms.update(self.itc(scores, tau, ignore))
-            total = terms["itc"]
-            if self.trns_active() and self.state.trns_updates > 0:
-                pooled_all = None
-                if self.dist.active and cfg.loss.kl_inbatch:
-                    pooled_all = self.dist.gather_nograd(pooled(tgt_tokens.detach().float()))
-                trns_terms = self.trns_terms(
-                    b, q_star, scores[mine], tgt_tokens, tau,
-                    ignore[mine] if ignore is not None else None, mine.start, pooled_all,
-                )  # fmt: skip
-                terms.update(trns_terms)
-                total = total + cfg.loss.w_kl * trns_terms.get("kl", 0.0)
-                total = total + cfg.loss.w_rank * trns_terms.get("rank", 0.0)
-            if self.model.aw is not None and cfg.loss.w_attr > 0:
-                labels = self.text_labels[trows_all].to(self.device)
-                t_pooled = gather(pooled(tgt_tokens.float()))
-                terms.update(
-                    self.attr(
-                        self.model.aw, gather(qo["h"]), gather(qo["q"]), t_pooled, labels, tau
-                    )
-                )
-                total = total + cfg.loss.w_attr * terms["attr"]
-        terms["loss"] = total
-        return terms
+            return self.objective(self.model, batch)
+
+    def _step(self, b: torch.Tensor, gen: torch.Generator) -> tuple[dict[str, float], float]:
+        """One optimizer step on batch ``b``; returns its terms (the mean over processes) and
+        its seconds. Under torchrun each process's loss is weighted by its share of the batch
+        and gradients are averaged (:meth:`~dqecir.objective.DQECIRObjective.process_weight`)."""
+        t0 = time.perf_counter()
+        terms = self.step_losses(b, gen)
+        self.opt.zero_grad(set_to_none=True)
+        if self.dist.active:
+            (terms["loss"] * self.objective.process_weight(len(b))).backward()
+            self.dist.average_gradients(self._trainable())
+        else:
+            terms["loss"].backward()
+        if self.cfg.train.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.train.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        self.state.global_step += 1
+        dt = time.perf_counter() - t0
+        vals = {k: float(v.detach()) for k, v in terms.items()}
+        return self.dist.weighted_mean(vals, _size(self.dist.share(len(b)))), dt
 
     # -- evaluation --------------------------------------------------------------------
     def validate(self) -> dict[str, float]:
         """Validation metrics (computed by rank 0, handed to every process)."""
         if not self.dist.is_main:
             return self.dist.broadcast_object(None)
-        results = []
-        for s in self.val_splits:
-            r = rank_split(
-                self.model, s, self.val_table, self.device,
-                batch_size=self.cfg.eval.batch_size, topk=self.cfg.eval.topk,
-            )  # fmt: skip
-            results.append((s, score_split(r, self.model.attributes)))
+        metrics = validate(
+            self.model, self.data.val_splits, self.data.val_table, self.device,
+            batch_size=self.cfg.eval.batch_size, topk=self.cfg.eval.topk,
+        )  # fmt: skip
         self.model.train()
-        return self.dist.broadcast_object(merge_metrics(results))
+        return self.dist.broadcast_object(metrics)
 
     # -- checkpoints ---------------------------------------------------------------------
     def save(self, name: str, metrics: dict[str, float] | None = None) -> Path:
@@ -525,8 +357,7 @@ class Trainer:
             "backbone_config": self.model.backbone.config(),
             "state": self.state.__dict__,
             "metrics": metrics or {},
-            "python_rng": _py_rng_state(),
-            "numpy_rng": _np_rng_state(),
+            **host_rng_state(),
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.dist.world,
         }
@@ -542,20 +373,7 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         ck = load_checkpoint(path)
-        saved = config_from_dict(ck.meta["config"])
-        world = int(ck.meta.get("world_size", 1))
-        if world != self.dist.world:
-            raise CheckpointError(
-                f"checkpoint {ck.path} was written by a run of {world} process(es), this one has "
-                f"{self.dist.world}: the global batch and the schedule would change; resume with "
-                f"{world} process(es) in all"
-            )
-        for section in ("model", "data", "loss", "trns"):
-            if getattr(saved, section) != getattr(self.cfg, section):
-                raise CheckpointError(
-                    f"checkpoint {ck.path}: its {section} config differs from this run's; "
-                    "resume with the run's own config.yaml"
-                )
+        check_resumable(ck, self.cfg, self.dist.world)
         try:
             self._restore(ck)
         except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as e:
@@ -563,14 +381,10 @@ class Trainer:
                 f"checkpoint {ck.path}: cannot resume from it ({type(e).__name__}: {e}); "
                 "it does not hold the state this run's config needs"
             ) from e
-        log.info(
-            "resumed from %s at epoch %d, step %d",
-            ck.path,
-            self.state.epoch,
-            self.state.global_step,
-        )
+        log.info("resumed from %s at epoch %d, step %d", ck.path, self.state.epoch,
+                 self.state.global_step)  # fmt: skip
 
-    def _restore(self, ck: Any) -> None:
+    def _restore(self, ck: Checkpoint) -> None:
         """Weights, optimizer, scheduler, loop state, TRNS negatives and RNG from ``ck``; any
         missing or misshapen piece raises (KeyError, ValueError...) before the loop starts."""
         self.model.load_trainable_state_dict(
@@ -578,7 +392,7 @@ class Trainer:
         )
         opt_state = ck.optimizer_state()
         if opt_state is not None:
-            _check_optimizer_shapes(self.opt, opt_state)
+            check_optimizer_shapes(self.opt, opt_state)
             self.opt.load_state_dict(opt_state)
         if "scheduler" in ck.meta:
             self.sched.load_state_dict(ck.meta["scheduler"])
@@ -590,138 +404,168 @@ class Trainer:
                 f"{tuple(self.negatives.shape)}"
             )
         self.negatives = negatives.clone()
-        torch.set_rng_state(ck.tensors["rng.torch"])
-        _set_py_rng_state(ck.meta["python_rng"])
-        _set_np_rng_state(ck.meta["numpy_rng"])
+        ck.restore_rng()
 
     def _diverged(self, epoch: int, vals: dict[str, float]) -> None:
-        terms = ", ".join(f"{k} {v:.4g}" for k, v in vals.items())
-        kept = (
-            f"{self.out / 'last.safetensors'} holds epoch {self.state.epoch}"
-            if self.state.epoch
-            else "no checkpoint was written"
-        )
         self.log.write({"event": "diverged", "epoch": epoch, "step": self.state.global_step,
                         **{k: v if math.isfinite(v) else str(v) for k, v in vals.items()}})  # fmt: skip
-        raise TrainingDiverged(
-            f"training diverged at epoch {epoch + 1}, step {self.state.global_step}: "
-            f"the loss is not finite ({terms}); stopped without saving this epoch ({kept}). "
-            "Lower train.lr, check train.grad_clip, or look for broken data"
-        )
-
-    def _backward(self, loss: torch.Tensor, n_batch: int) -> None:
-        """Backward pass; under torchrun, each process's loss is weighted by its share of the
-        batch and gradients are averaged, so the update is the one-process update of the
-        whole batch (shares may differ by one row)."""
-        if not self.dist.active:
-            loss.backward()
-            return
-        share = _size(self.dist.share(n_batch))
-        (loss * (share * self.dist.world / n_batch)).backward()
-        self.dist.average_gradients(self._trainable())
+        raise TrainingDiverged.at(self.out, self.state, epoch, vals)
 
     # -- the loop ----------------------------------------------------------------------
+    def _max_steps_reached(self) -> bool:
+        return bool(self.cfg.train.max_steps) and self.state.global_step >= self.cfg.train.max_steps
+
     def fit(self, stop_after_epoch: int = 0) -> Path:
-        cfg = self.cfg
+        """Train until ``train.epochs`` (or ``train.max_steps``, or ``stop_after_epoch``);
+        returns the path of the best checkpoint."""
         self.model.train()
-        headline = cfg.eval.headline
-        last_path = self.out / "best.safetensors"
-        while self.state.epoch < cfg.train.epochs:
-            epoch = self.state.epoch
-            gen = torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch)
-            perm = torch.randperm(len(self.queries), generator=gen)
-            bar = tqdm(
-                range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
-                leave=False, mininterval=1.0, disable=not self.dist.is_main,
-            )  # fmt: skip
-            t_epoch = time.perf_counter()
-            trns_seconds = 0.0
-            sums: dict[str, float] = {}
-            n_sums = 0
-            for i in bar:
-                if self.trns_active() and self.schedule.due(
-                    epoch, self.state.global_step, self.steps_per_epoch, self.state.trns_last_step
-                ):
-                    stats = self.mine()
-                    trns_seconds += stats["total_seconds"]
-                    self.log.write({"event": "trns", "epoch": epoch, "step": self.state.global_step,
-                                    "tau": float(self.model.temperature().detach()), **stats})  # fmt: skip
-                b = perm[slice(*self.batches[i])]
-                t0 = time.perf_counter()
-                terms = self.step_losses(b, gen)
-                self.opt.zero_grad(set_to_none=True)
-                self._backward(terms["loss"], len(b))
-                if cfg.train.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(
-                        [p for p in self.model.parameters() if p.requires_grad], cfg.train.grad_clip
-                    )
-                self.opt.step()
-                self.sched.step()
-                self.state.global_step += 1
-                dt = time.perf_counter() - t0
-                vals = {k: float(v.detach()) for k, v in terms.items()}
-                vals = self.dist.weighted_mean(vals, _size(self.dist.share(len(b))))
-                if not math.isfinite(vals["loss"]):  # the same on every process
-                    self._diverged(epoch, vals)
-                for k, v in vals.items():
-                    sums[k] = sums.get(k, 0.0) + v
-                n_sums += 1
-                bar.set_postfix(loss=f"{vals['loss']:.4f}", sps=f"{len(b) / dt:.0f}")
-                if (
-                    self.state.global_step % cfg.train.log_every == 0
-                    or i == self.steps_per_epoch - 1
-                ):
-                    self.log.write({"event": "step", "epoch": epoch, "step": self.state.global_step,
-                                    "lr": self.sched.get_last_lr()[0],
-                                    "tau": float(self.model.temperature().detach()),
-                                    "samples_per_s": len(b) / dt, **vals})  # fmt: skip
-                if cfg.train.max_steps and self.state.global_step >= cfg.train.max_steps:
-                    break
-            epoch_seconds = time.perf_counter() - t_epoch
-            self.state.epoch += 1
-            metrics: dict[str, float] = {}
-            if self.state.epoch % cfg.train.eval_every == 0 or self.state.epoch == cfg.train.epochs:
-                metrics = self.validate()
-                if headline not in metrics:
-                    raise ConfigError(
-                        f"eval.headline={headline!r} is not among the validation metrics "
-                        f"{sorted(metrics)[:12]}..."
-                    )
-            means = {k: v / max(1, n_sums) for k, v in sums.items()}
-            rec = {"event": "epoch", "epoch": epoch, "step": self.state.global_step,
-                   "epoch_seconds": epoch_seconds, "trns_seconds": trns_seconds,
-                   "train": means, "val": metrics}  # fmt: skip
-            self.log.write(rec)
-            (log.info if self.dist.is_main else log.debug)(
-                "epoch %d/%d loss %.4f val %s=%s (%.1fs)", self.state.epoch, cfg.train.epochs,
-                means.get("loss", float("nan")), headline, metrics.get(headline, "-"), epoch_seconds,
-            )  # fmt: skip
-            if metrics and metrics[headline] > self.state.best:
-                self.state.best = metrics[headline]
-                self.state.best_epoch = self.state.epoch
-                self.save("best.safetensors", metrics)
-            self.save("last.safetensors", metrics)
-            if cfg.train.max_steps and self.state.global_step >= cfg.train.max_steps:
+        while self.state.epoch < self.cfg.train.epochs:
+            sums = self._train_epoch()
+            self._end_epoch(sums)
+            if self._max_steps_reached():
                 break
             if stop_after_epoch and self.state.epoch >= stop_after_epoch:
                 break
         if not (self.out / "best.safetensors").exists():
             self.save("best.safetensors")
-        return last_path
+        return self.out / "best.safetensors"
 
+    def _train_epoch(self) -> EpochSums:
+        """One pass over the training queries in this epoch's (seeded) order, mining TRNS
+        negatives where the schedule says so."""
+        cfg, epoch = self.cfg, self.state.epoch
+        gen = torch.Generator().manual_seed(cfg.train.seed * 100003 + epoch)
+        perm = torch.randperm(len(self.queries), generator=gen)
+        bar = tqdm(
+            range(self.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.train.epochs}",
+            leave=False, mininterval=1.0, disable=not self.dist.is_main,
+        )  # fmt: skip
+        sums = EpochSums()
+        for i in bar:
+            if self.objective.uses_negatives and self.schedule.due(
+                epoch, self.state.global_step, self.steps_per_epoch, self.state.trns_last_step
+            ):
+                stats = self.mine()
+                sums.trns_seconds += stats["total_seconds"]
+                self.log.write({"event": "trns", "epoch": epoch, "step": self.state.global_step,
+                                "tau": self._tau(), **stats})  # fmt: skip
+            b = perm[slice(*self.batches[i])]
+            vals, dt = self._step(b, gen)
+            if not math.isfinite(vals["loss"]):  # the same on every process
+                self._diverged(epoch, vals)
+            sums.add(vals)
+            bar.set_postfix(loss=f"{vals['loss']:.4f}", sps=f"{len(b) / dt:.0f}")
+            if self.state.global_step % cfg.train.log_every == 0 or i == self.steps_per_epoch - 1:
+                self.log.write({"event": "step", "epoch": epoch, "step": self.state.global_step,
+                                "lr": self.sched.get_last_lr()[0], "tau": self._tau(),
+                                "samples_per_s": len(b) / dt, **vals})  # fmt: skip
+            if self._max_steps_reached():
+                break
+        return sums
 
-def _check_optimizer_shapes(opt: torch.optim.Optimizer, state: dict[str, Any]) -> None:
-    """torch loads optimizer moments of any shape and fails at the first step; fail now."""
-    params = [p for g in opt.param_groups for p in g["params"]]
-    for pid, st in state["state"].items():
-        if not 0 <= int(pid) < len(params):
-            raise ValueError(f"optimizer state for parameter {pid}, the model has {len(params)}")
-        for name, v in st.items():
-            if isinstance(v, torch.Tensor) and v.dim() and v.shape != params[int(pid)].shape:
-                raise ValueError(
-                    f"optimizer {name} of parameter {pid} has shape {tuple(v.shape)}, the "
-                    f"parameter {tuple(params[int(pid)].shape)}"
+    def _end_epoch(self, sums: EpochSums) -> None:
+        """Validate (every ``eval_every`` epochs and after the last), log the epoch, save
+        ``best`` when the headline metric improved and ``last`` always."""
+        cfg, epoch = self.cfg, self.state.epoch
+        epoch_seconds = time.perf_counter() - sums.started
+        self.state.epoch += 1
+        headline = cfg.eval.headline
+        metrics: dict[str, float] = {}
+        if self.state.epoch % cfg.train.eval_every == 0 or self.state.epoch == cfg.train.epochs:
+            metrics = self.validate()
+            if headline not in metrics:
+                raise ConfigError(
+                    f"eval.headline={headline!r} is not among the validation metrics "
+                    f"{sorted(metrics)[:12]}..."
                 )
+        means = sums.means()
+        self.log.write({"event": "epoch", "epoch": epoch, "step": self.state.global_step,
+                        "epoch_seconds": epoch_seconds, "trns_seconds": sums.trns_seconds,
+                        "train": means, "val": metrics})  # fmt: skip
+        (log.info if self.dist.is_main else log.debug)(
+            "epoch %d/%d loss %.4f val %s=%s (%.1fs)", self.state.epoch, cfg.train.epochs,
+            means.get("loss", float("nan")), headline, metrics.get(headline, "-"), epoch_seconds,
+        )  # fmt: skip
+        if metrics and metrics[headline] > self.state.best:
+            self.state.best = metrics[headline]
+            self.state.best_epoch = self.state.epoch
+            self.save("best.safetensors", metrics)
+        self.save("last.safetensors", metrics)
+
+
+class NegativeMiner:
+    """TRNS mining for one run: embeds the pool (every training image) with the current model,
+    embeds each training query, and draws its negatives (:func:`~dqecir.sampling.mine_negatives`).
+    Under torchrun each process embeds its share of the pool and mines its share of the
+    queries; every process ends with every query's negatives."""
+
+    def __init__(
+        self, data: TrainData, cfg: TRNSConfig, batch_size: int, device: torch.device,
+        dist: DistEnv,
+    ) -> None:  # fmt: skip
+        self.data, self.cfg, self.batch_size, self.device, self.dist = (
+            data,
+            cfg,
+            batch_size,
+            device,
+            dist,
+        )
+        self.zone = ZoneSpec(cfg.zone, cfg.zlow, cfg.zhigh, cfg.low, cfg.high, cfg.qlow, cfg.qhigh)
+        qz = data.queries
+        self.rows = dist.share(len(qz))  # the queries this process mines
+        # never negatives (reference + annotated ground truths), built once
+        never = [sorted(set(g) | {r}) for g, r in zip(qz.gts, qz.reference.tolist(), strict=True)]
+        self.excluded = Exclusions(never[self.rows])
+
+    @torch.no_grad()
+    def mine(self, model: CIRModel, tau: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """``[Q, K]`` negatives of every query (-1 where none) and the mining statistics."""
+        t0 = time.perf_counter()
+        model.eval()
+        d, mine, bs, qz = self.dist, self.rows, self.batch_size, self.data.queries
+        images = self.data.train_table.images
+        images = images if not d.active else _Rows(images, d.share(len(images)))
+        pool = d.gather_nograd(embed_gallery(model, images, self.device, bs))  # all of it
+        t_pool = time.perf_counter() - t0
+        qs = []
+        for i in range(mine.start, mine.stop, bs):
+            sl = slice(i, min(i + bs, mine.stop))
+            tf = self.data.train_table.text_batch(qz.text[sl, 0])
+            tf = {k: v.to(self.device) for k, v in tf.items()}
+            qs.append(
+                model.query(self.data.images(qz.reference[sl], self.device), tf)["q_star"].float()
+            )
+        gen = torch.Generator(device=self.device).manual_seed(seed + 7919 * d.rank)
+        res = mine_negatives(
+            torch.cat(qs), pool, qz.target[mine].to(self.device), self.excluded, self.cfg.k,
+            self.zone, tau, dup_threshold=self.cfg.dup_threshold, chunk_size=self.cfg.chunk_size,
+            generator=gen,
+        )  # fmt: skip
+        negatives = d.gather_nograd(res.negatives.to(self.device)).cpu()  # all queries
+        stats = dict(res.stats)
+        if d.active:
+            stats = _merge_mining_stats(d.all_gather_objects((mine.stop - mine.start, stats)))
+        stats["pool_seconds"] = t_pool
+        stats["total_seconds"] = time.perf_counter() - t0
+        return negatives, stats
+
+
+def check_resumable(ck: Checkpoint, cfg: Config, world: int) -> None:
+    """A run resumes only with the config and the number of processes that wrote ``ck``."""
+    saved = config_from_dict(ck.meta["config"])
+    was = int(ck.meta.get("world_size", 1))
+    if was != world:
+        raise CheckpointError(
+            f"checkpoint {ck.path} was written by a run of {was} process(es), this one has "
+            f"{world}: the global batch and the schedule would change; resume with "
+            f"{was} process(es) in all"
+        )
+    for section in ("model", "data", "loss", "trns"):
+        if getattr(saved, section) != getattr(cfg, section):
+            raise CheckpointError(
+                f"checkpoint {ck.path}: its {section} config differs from this run's; "
+                "resume with the run's own config.yaml"
+            )
 
 
 def _size(s: slice) -> int:
@@ -730,7 +574,8 @@ def _size(s: slice) -> int:
 
 class _Rows:
     """Rows ``[start, stop)`` of a feature table (tensor or memory-mapped rows), sliced
-    lazily: what :func:`embed_gallery` needs of this process's share of the pool."""
+    lazily: what :func:`~dqecir.models.cir.embed_gallery` needs of this process's share of
+    the pool."""
 
     def __init__(self, rows: Any, part: slice) -> None:
         self.rows, self.part = rows, part
@@ -760,24 +605,6 @@ def _merge_mining_stats(parts: list[tuple[int, dict[str, float]]]) -> dict[str, 
     return out
 
 
-def _py_rng_state() -> list:
-    v, state, g = random.getstate()
-    return [v, list(state), g]
-
-
-def _set_py_rng_state(s: list) -> None:
-    random.setstate((s[0], tuple(s[1]), s[2]))
-
-
-def _np_rng_state() -> list:
-    name, keys, pos, has_g, g = np.random.get_state()
-    return [name, keys.tolist(), int(pos), int(has_g), float(g)]
-
-
-def _set_np_rng_state(s: list) -> None:
-    np.random.set_state((s[0], np.array(s[1], dtype=np.uint32), s[2], s[3], s[4]))
-
-
 def train(
     cfg: Config | None, out_dir: Path, *, resume: bool = False, stop_after_epoch: int = 0
 ) -> Path:
@@ -797,7 +624,7 @@ def train(
     env = init_distributed(cfg.train.device)  # a single process unless under torchrun
     try:
         if env.is_main:
-            _drop_temporary_files(out)
+            drop_temporary_files(out)
             if not resume:
                 (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
             (out / "config.yaml").write_text(cfg.to_yaml())
@@ -806,39 +633,9 @@ def train(
             if resume:
                 trainer.resume(out / "last.safetensors")
                 if env.is_main:
-                    _truncate_log(out / "log.jsonl", trainer.state.epoch)
+                    truncate_log(out / "log.jsonl", trainer.state.epoch)
             return trainer.fit(stop_after_epoch=stop_after_epoch)
         finally:
             trainer.log.close()
     finally:
         shutdown(env)
-
-
-def _drop_temporary_files(out: Path) -> None:
-    """Temporary files of writes a kill interrupted (``atomic_write``'s ``.NAME.*.tmp``)."""
-    for name in ("last.safetensors", "best.safetensors", "log.jsonl"):
-        for tmp in out.glob(f".{name}.*.tmp"):
-            log.info("removing %s, left by an interrupted write", tmp)
-            tmp.unlink(missing_ok=True)
-
-
-def _truncate_log(path: Path, epochs_done: int) -> None:
-    """Keep the log records of the ``epochs_done`` epochs the checkpoint holds: the records an
-    interrupted epoch wrote before the kill are written again by its rerun (a line cut short
-    by the kill goes too)."""
-    if not path.exists():
-        return
-    kept, dropped = [], 0
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-            keep = int(record["epoch"]) < epochs_done
-        except (ValueError, KeyError, TypeError):
-            keep = False
-        if keep:
-            kept.append(line)
-        else:
-            dropped += 1
-    if dropped:
-        log.info("resume: dropped %d log records of the interrupted epoch from %s", dropped, path)
-        atomic_write(path, lambda tmp: tmp.write_text("".join(f"{x}\n" for x in kept)))

@@ -1,4 +1,4 @@
-"""Learnable attribute weights (AW) and the attribute-aware auxiliary loss.
+"""Learnable attribute weights (AW) and the lexicons that label texts with attributes.
 
 Two realisations (docs/method.md, "Attribute weights"), both keeping the gallery side query-independent so that one
 index serves every query:
@@ -9,7 +9,8 @@ index serves every query:
   ``[t ; P_color t ; P_shape t]`` and the query ``[q ; alpha_color P_color q ; alpha_shape P_shape q]``
   (each block normalised), so a single inner product scores it.
 
-``alpha_a(m) = sigmoid(W_a h + b_a)`` is multi-label: a text can change colour AND shape.
+``alpha_a(m) = sigmoid(W_a h + b_a)`` is multi-label: a text can change colour AND shape. The
+attribute loss ``L_attr`` that trains them is :class:`dqecir.losses.AttributeLoss`.
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from dqecir.config import ConfigError
 
 _SOFTPLUS_ONE = math.log(math.e - 1.0)  # softplus(x) = 1
 
@@ -157,41 +161,40 @@ class Lexicon:
         return best[1] if best else None
 
 
-class AttributeLoss(nn.Module):
-    """``L_attr``: (a) BCE between ``alpha`` and the lexicon labels; (b) for each attribute a text
-    mentions, in-batch InfoNCE in that attribute's weighted subspace."""
+LEXICONS = Path(__file__).resolve().parents[1] / "lexicons"
+"""The lexicons shipped with the package (``fashioniq``, ``cirr``)."""
 
-    def __init__(self, w_bce: float = 1.0, w_nce: float = 1.0) -> None:
-        super().__init__()
-        self.w_bce = w_bce
-        self.w_nce = w_nce
 
-    def forward(
-        self,
-        aw: AttributeWeights,
-        h: torch.Tensor,
-        q: torch.Tensor,
-        t_pooled: torch.Tensor,
-        labels: torch.Tensor,
-        tau: torch.Tensor,
-    ) -> dict[str, torch.Tensor]:
-        """``q``: un-weighted queries ``[B, d]``; ``t_pooled``: pooled target embeddings ``[B, d]``;
-        ``labels``: ``[B, A]`` lexicon labels (0/1)."""
-        logits = aw.relevance_logits(h)
-        bce = F.binary_cross_entropy_with_logits(logits, labels.float())
-        nce = q.new_zeros((), dtype=torch.float32)
-        n_terms = 0
-        for a in range(len(aw.attributes)):
-            rows = labels[:, a] > 0.5
-            if rows.sum() < 2:
-                continue
-            qa = aw.attribute_space(q[rows].float(), a)
-            ta = aw.attribute_space(t_pooled.float(), a)
-            logits_a = qa @ ta.T / tau
-            target_cols = torch.nonzero(rows, as_tuple=False).squeeze(1)
-            nce = nce + F.cross_entropy(logits_a, target_cols)
-            n_terms += 1
-        if n_terms:
-            nce = nce / n_terms
-        total = self.w_bce * bce + self.w_nce * nce
-        return {"attr": total, "attr_bce": bce.detach(), "attr_nce": nce.detach()}
+def load_lexicon(spec: str, root: str | Path = "") -> Lexicon | None:
+    """The attribute lexicon ``spec`` names: ``benchmark`` (the ``lexicon.yaml`` an embedded
+    benchmark writes into its layout folder ``root``: its train phrasing only), a name under
+    ``dqecir/lexicons`` or a YAML path; None for an empty spec."""
+    if not spec:
+        return None
+    import yaml
+
+    if spec == "benchmark":
+        path = Path(root) / "lexicon.yaml"
+    else:
+        path = Path(spec)
+        if not path.suffix:
+            path = LEXICONS / f"{spec}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"lexicon {spec!r}: no file {path}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"lexicon {path}: invalid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"lexicon {path}: expected attribute -> value -> phrases")
+    return Lexicon(data)
+
+
+def text_labels(
+    lexicon: Lexicon | None, texts: Sequence[str], attributes: Sequence[str]
+) -> torch.Tensor:
+    """``[len(texts), A]`` 0/1 labels: which attributes each text mentions (the targets of the
+    attribute relevance in ``L_attr``); zeros without a lexicon or attributes."""
+    if lexicon is None or not attributes:
+        return torch.zeros(len(texts), max(1, len(attributes)))
+    return torch.tensor([lexicon.labels(t, attributes) for t in texts])

@@ -103,6 +103,28 @@ class CIRModel(nn.Module):
                 params[k].copy_(v)
 
 
+@torch.no_grad()
+def embed_gallery(
+    model: CIRModel,
+    image_feats: Any,
+    device: torch.device,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """Index embeddings ``[N, Nt, D]`` (float32, on ``device``) of frozen image features
+    (a tensor, or anything sliced into batch tensors: memory-mapped rows, a share of them).
+    What validation, evaluation and the TRNS pool score queries against."""
+    from tqdm import tqdm
+
+    model.eval()
+    out = []
+    it = range(0, len(image_feats), batch_size)
+    for i in tqdm(it, desc="gallery", disable=not progress, leave=False):
+        x = image_feats[i : i + batch_size].to(device).float()
+        out.append(model.gallery(x).float())
+    return torch.cat(out) if out else torch.empty(0)
+
+
 def build_model(model_cfg: Any, loss_cfg: Any) -> CIRModel:
     """Build a CIRModel from the ``model`` and ``loss`` config sections."""
     from dqecir.registry import create_backbone

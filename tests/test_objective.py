@@ -1,0 +1,100 @@
+"""The DQE-CIR objective on the tiny backbone: named terms, weights, the in-batch mask and the
+TRNS terms (a newcomer's new loss term gets its test here)."""
+
+from dataclasses import replace
+
+import pytest
+import torch
+
+from dqecir.config import LossConfig, ModelConfig
+from dqecir.models.cir import build_model
+from dqecir.objective import DQECIRObjective, ObjectiveBatch
+from dqecir.similarity import similarity
+
+B, K = 6, 3
+
+
+def _model(aw: str = "gate"):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(backbone="tiny", attribute_weights=aw), LossConfig())
+
+
+def _batch(model, negatives: bool = True) -> ObjectiveBatch:
+    g = torch.Generator().manual_seed(1)
+    pixels = torch.rand(B + B + B * K, 3, 32, 32, generator=g)
+    feats = model.backbone.image_features(pixels)
+    text = model.backbone.text_features([f"make it colour {i}" for i in range(B)])
+    negs = torch.arange(B * K).view(B, K)
+    negs[0, 2] = -1  # a slot mining could not fill
+    return ObjectiveBatch(
+        reference=feats[:B], text=text, target=feats[B : 2 * B],
+        queries=torch.arange(B), targets=torch.tensor([10, 11, 12, 13, 14, 15]),
+        labels=(torch.arange(B * 2).view(B, 2) % 2).float(),
+        negatives=negs if negatives else None, negative_feats=feats[2 * B :] if negatives else None,
+    )  # fmt: skip
+
+
+def test_loss_is_the_weighted_sum_of_named_terms():
+    model = _model()
+    cfg = LossConfig(w_kl=1.0, w_rank=0.5, w_attr=0.25)
+    gts = [[10 + i] for i in range(B)]
+    terms = DQECIRObjective(cfg, gts, trns=True)(model, _batch(model))
+    assert {"itc", "kl", "rank", "rank_active", "attr", "attr_bce", "loss"} <= set(terms)
+    want = terms["itc"] + 1.0 * terms["kl"] + 0.5 * terms["rank"] + 0.25 * terms["attr"]
+    assert torch.allclose(terms["loss"], want)
+    terms["loss"].backward()
+    assert model.aw.relevance.weight.grad is not None  # L_attr reaches the attribute head
+
+
+def test_without_trns_or_before_mining_only_itc_and_attr():
+    model = _model()
+    cfg = LossConfig(w_kl=1.0, w_rank=0.5, w_attr=0.5)
+    off = DQECIRObjective(cfg, [[10 + i] for i in range(B)], trns=False)
+    assert not off.uses_negatives
+    assert "kl" not in off(model, _batch(model)) and "rank" not in off(model, _batch(model))
+    on = DQECIRObjective(cfg, [[10 + i] for i in range(B)], trns=True)
+    assert on.uses_negatives and "kl" not in on(model, _batch(model, negatives=False))
+    zero = DQECIRObjective(replace(cfg, w_kl=0.0, w_rank=0.0), [[1]] * B, trns=True)
+    assert not zero.uses_negatives
+
+
+def test_in_batch_mask_keeps_other_ground_truths_out_of_the_negatives():
+    gts = [[10, 11], [11], [12, 10], [13], [14], [15]]
+    obj = DQECIRObjective(LossConfig(mask_batch_gt=True), gts)
+    mask = obj.in_batch_mask(torch.arange(B), torch.tensor([10, 11, 12, 13, 14, 15]))
+    assert mask[0, 1] and mask[2, 0] and not mask[1, 0] and not mask[3, 4]
+    assert bool(mask.diagonal().all())
+    assert (
+        DQECIRObjective(LossConfig(mask_batch_gt=False), gts).in_batch_mask(
+            torch.arange(B), torch.arange(B)
+        )
+        is None
+    )
+    # masking a pair changes L_itc (a ground truth no longer pushed away)
+    model = _model("none")
+    batch = _batch(model, negatives=False)
+    batch.targets = torch.tensor([10, 11, 12, 13, 14, 15])
+    masked = obj(model, batch)["itc"]
+    plain = DQECIRObjective(LossConfig(mask_batch_gt=False), gts)(model, batch)["itc"]
+    assert masked.item() < plain.item()
+
+
+def test_trns_terms_score_each_query_against_its_own_negatives():
+    model = _model("none")
+    batch = _batch(model)
+    obj = DQECIRObjective(LossConfig(w_kl=0.0, w_rank=1.0, rank_margin=100.0), [[1]] * B, trns=True)
+    terms = obj(model, batch)
+    # margin 100 tau: every valid hinge is active, so rank = margin * tau - s_pos + mean s_neg
+    q = model.query(batch.reference, batch.text)["q_star"].float()
+    pos = similarity(q, model.gallery(batch.target).float()).diagonal()
+    neg = similarity(
+        q,
+        model.gallery(batch.negative_feats)
+        .float()
+        .view(B, K, *model.gallery(batch.negative_feats).shape[1:]),
+    )
+    valid = batch.negatives >= 0
+    tau = float(model.temperature())
+    hinge = (100.0 * tau - pos.unsqueeze(1) + neg)[valid]
+    assert float(terms["rank_active"]) == pytest.approx(1.0)
+    assert float(terms["rank"]) == pytest.approx(float(hinge.mean()), rel=1e-5)
