@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from dqecir.metrics import (
     average_precision_at_k,
-    fashioniq_average,
+    group_average,
     map_at_k,
     recall_at_k,
     recall_subset_at_k,
@@ -135,8 +135,8 @@ def test_subset_ranking_properties(ranking, members):
     assert result[: len(present)] == present
 
 
-def test_fashioniq_average():
-    out = fashioniq_average(
+def test_group_average():
+    out = group_average(
         {
             "dress": {"recall@10": 30.0, "num_queries": 3},
             "shirt": {"recall@10": 20.0, "num_queries": 2},
@@ -151,4 +151,4 @@ def test_fashioniq_average():
         "num_queries": 5.0,
     }
     with pytest.raises(ValueError, match="reports"):
-        fashioniq_average({"dress": {"recall@10": 1.0}, "shirt": {"recall@50": 1.0}})
+        group_average({"dress": {"recall@10": 1.0}, "shirt": {"recall@50": 1.0}})

@@ -15,11 +15,12 @@ from PIL import Image
 
 from dqecir.data.formats import load_benchmark, load_circo, load_cirr
 from dqecir.data.synthetic import make_benchmark
-from dqecir.data.synthetic.common import Deck, kind_counts
 from dqecir.data.synthetic.idx import read_idx, resolve_fmnist_dir
+from dqecir.data.synthetic.plan import Deck, kind_counts
 from dqecir.errors import DataError
+from dqecir.registry import EMBEDDED
 
-KINDS = ("shapes", "fmnist")
+KINDS = tuple(EMBEDDED.names())  # every registered benchmark kind
 SPLITS = {"train": ("train", "train"), "val": ("val", "val"), "test": ("test1", "test")}
 """our split -> (CIRR split, CIRCO split)"""
 
@@ -366,7 +367,7 @@ def test_refuses_a_foreign_output_folder(tmp_path):
 def test_random_ap_matches_exhaustive_enumeration(n, g, k):
     from itertools import permutations
 
-    from dqecir.data.synthetic.common import random_ap_at_k
+    from dqecir.data.synthetic.chance import random_ap_at_k
     from dqecir.metrics import average_precision_at_k
 
     items = [str(i) for i in range(n)]
@@ -389,12 +390,12 @@ def test_chance_levels_of_a_generated_split(bench):
 
 
 def test_symlink_fallback_when_hard_links_fail(tmp_path, monkeypatch):
-    import dqecir.data.synthetic.common as common
+    import dqecir.data.synthetic.writers as writers
 
     def no_link(src, dst):
         raise OSError("cross-device link")
 
-    monkeypatch.setattr(common.os, "link", no_link)
+    monkeypatch.setattr(writers.os, "link", no_link)
     root = tmp_path / "b"
     assert _make("shapes", root, seed=3)["link_mode"] == "symlink"
     coco = root / "circo/COCO2017_unlabeled/unlabeled2017"

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from dqecir.config import Config, load_config
+from dqecir.files import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -175,10 +176,10 @@ def run_ablation(
     split: str | None = None,
 ) -> dict[str, Any]:
     from dqecir.evaluate import evaluate_checkpoint
-    from dqecir.train import train
+    from dqecir.train import resolve_headline, train
 
     out.mkdir(parents=True, exist_ok=True)
-    base = load_config(config, list(overrides))
+    base = resolve_headline(load_config(config, list(overrides)))
     test_split = split or base.data.test_split
     per_seed: dict[str, list[dict[str, float]]] = {v: [] for v in variants}
     seconds: dict[str, list[float]] = {v: [] for v in variants}
@@ -198,7 +199,7 @@ def run_ablation(
                     ckpt, cfg.data.benchmark, Path(cfg.data.root), test_split,
                     device=cfg.train.device, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                 )  # fmt: skip
-                done.write_text(json.dumps(metrics))
+                write_json_atomic(done, metrics)  # whole or absent: it marks the run done
             seconds[v].append(time.perf_counter() - t0)
             per_seed[v].append(metrics)
             log.info("ablation %s seed %d: %s=%.2f", v, seed, base.eval.headline,

@@ -9,23 +9,52 @@ import argparse
 import json
 import logging
 import sys
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dqecir.errors import DqecirError
+from dqecir.registry import BENCHMARKS, EMBEDDED
 
 log = logging.getLogger("dqecir")
+
+
+class _Lazy:
+    """argparse ``choices`` computed when a command line is checked (or ``--help`` shown), so
+    that building the parser imports nothing heavy."""
+
+    def __init__(self, names: Callable[[], Sequence[str]]) -> None:
+        self.names = names
+
+    def __contains__(self, value: object) -> bool:
+        return value in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+
+def _sizes() -> list[str]:
+    from dqecir.data.synthetic.plan import SIZES
+
+    return list(SIZES)
+
+
+def _phrasings() -> tuple[str, ...]:
+    from dqecir.evaluate import PHRASINGS
+
+    return PHRASINGS
 
 
 def _cmd_make_benchmark(args: argparse.Namespace) -> int:
     from dqecir.data.synthetic import make_benchmark
 
+    extra = {"train_variants": args.train_variants} if args.train_variants is not None else {}
     summary = make_benchmark(
         args.kind,
         Path(args.out),
         seed=args.seed,
         size=args.size,
         hard_only_train=args.hard_only_train,
-        train_variants=args.train_variants,
+        **extra,
     )
     print(json.dumps(summary, indent=2))
     return 0
@@ -270,10 +299,13 @@ def build_parser() -> argparse.ArgumentParser:
         "make-benchmark",
         help="write an embedded benchmark (shapes or fmnist) in the CIRR and CIRCO layouts",
     )
-    mb.add_argument("kind", choices=["shapes", "fmnist"])
+    mb.add_argument("kind", choices=EMBEDDED, metavar="KIND", help="benchmark kind: %(choices)s")
     mb.add_argument("--out", required=True, help="output folder")
     mb.add_argument("--seed", type=int, default=0)
-    mb.add_argument("--size", choices=["tiny", "small", "default"], default="default")
+    mb.add_argument(
+        "--size", choices=_Lazy(_sizes), metavar="SIZE", default="default",
+        help="%(choices)s (default %(default)s)",
+    )  # fmt: skip
     mb.add_argument(
         "--hard-only-train",
         action="store_true",
@@ -282,13 +314,14 @@ def build_parser() -> argparse.ArgumentParser:
     mb.add_argument(
         "--train-variants",
         type=int,
-        default=8,
-        help="fresh phrasings written per train query (training draws a new one every epoch)",
+        help="fresh phrasings written per train query (training draws a new one every epoch; "
+        "default 8)",
     )
     mb.set_defaults(func=_cmd_make_benchmark)
 
     sc = sub.add_parser("score", help="score a predictions file with the official protocol")
-    sc.add_argument("--benchmark", required=True, choices=["fashioniq", "cirr", "circo"])
+    sc.add_argument("--benchmark", required=True, choices=BENCHMARKS, metavar="BENCHMARK",
+                    help="%(choices)s")  # fmt: skip
     sc.add_argument("--root", required=True, help="benchmark root folder (annotations)")
     sc.add_argument("--split", required=True)
     sc.add_argument("--predictions", required=True, help="predictions JSON file")
@@ -309,7 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="evaluate a checkpoint (metrics for val; submission files for test)"
     )
     ev.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    ev.add_argument("--benchmark", required=True, choices=["fashioniq", "cirr", "circo"])
+    ev.add_argument("--benchmark", required=True, choices=BENCHMARKS, metavar="BENCHMARK",
+                    help="%(choices)s")  # fmt: skip
     ev.add_argument("--root", required=True, help="benchmark root folder")
     ev.add_argument("--split", required=True)
     ev.add_argument("--out", help="folder for submission files (default: next to the checkpoint)")
@@ -318,8 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument(
         "--phrasing",
         nargs="+",
-        choices=["seen", "unseen", "newforms", "newwords"],
-        help="phrasings of the split to score (embedded benchmarks; default: every one present, "
+        choices=_Lazy(_phrasings),
+        metavar="PHRASING",
+        help="%(choices)s: phrasings of the split to score (embedded benchmarks; default: every one present, "
         "others' keys prefixed '<phrasing>:')",
     )
     ev.set_defaults(func=_cmd_evaluate)
@@ -336,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="the main job: build fmnist, train lite, compare baselines")
     de.add_argument("--data", default="data", help="where benchmarks are built")
     de.add_argument("--out", default="demo", help="results folder")
-    de.add_argument("--size", choices=["tiny", "small", "default"], default="default")
+    de.add_argument("--size", choices=_Lazy(_sizes), metavar="SIZE", default="default")
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     de.set_defaults(func=_cmd_demo)
 

@@ -145,8 +145,10 @@ class TrainConfig:
 class EvalConfig:
     batch_size: int = 256
     topk: int = 50
-    headline: str = "map@10"
-    """Metric that picks the best checkpoint (``avg`` for CIRR, ``average/recall@10`` for FashionIQ)."""
+    headline: str = ""
+    """Metric that picks the best checkpoint; empty: the benchmark protocol's (``avg`` for CIRR,
+    ``map@10`` for CIRCO, ``average/recall@10`` for FashionIQ). The embedded benchmarks, scored
+    in the CIRR layout, set ``map@10``."""
 
 
 @dataclass

@@ -7,7 +7,6 @@ model's ranking before anything is scored or written; FashionIQ keeps it.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -17,14 +16,17 @@ import torch
 from tqdm import tqdm
 
 from dqecir.data.pipeline import SplitFeatures, query_texts
+from dqecir.data.synthetic.phrasing import VARIANTS
 from dqecir.data.types import CIRSplit
 from dqecir.models.cir import CIRModel, embed_gallery
+from dqecir.registry import get_benchmark
 
 log = logging.getLogger(__name__)
 
 
-PHRASINGS = ("seen", "unseen", "newforms", "newwords")
-"""Phrasing variants an embedded benchmark writes for val / test (``<split>-<variant>``)."""
+PHRASINGS = tuple(VARIANTS)
+"""Phrasing variants an embedded benchmark writes for val / test (``<split>-<variant>``, the
+first, ``seen``, being ``<split>`` itself)."""
 
 
 @dataclass
@@ -119,22 +121,6 @@ def relevance_accuracy(
     return out
 
 
-def phrasing_splits(benchmark: str, root: Path, split: str) -> dict[str, str]:
-    """Phrasing variant -> split name, for the variants of ``split`` present under ``root``
-    (the embedded benchmarks write ``<split>-unseen`` etc.; other data has ``seen`` only)."""
-    from dqecir.data.formats.circo import annotation_file
-    from dqecir.data.formats.cirr import caption_file
-
-    out = {"seen": split}
-    if benchmark not in ("cirr", "circo"):
-        return out
-    exists = caption_file if benchmark == "cirr" else annotation_file
-    for v in PHRASINGS[1:]:
-        if exists(Path(root), f"{split}-{v}").is_file():
-            out[v] = f"{split}-{v}"
-    return out
-
-
 def validate(
     model: CIRModel,
     splits: Sequence[CIRSplit],
@@ -154,47 +140,17 @@ def validate(
 
 
 def merge_metrics(results: Sequence[tuple[CIRSplit, dict[str, float]]]) -> dict[str, float]:
-    """One split: its metrics. FashionIQ categories: ``<category>/<metric>`` and the average."""
-    if len(results) == 1 and results[0][0].benchmark != "fashioniq":
-        return dict(results[0][1])
-    from dqecir.metrics import fashioniq_average
-
-    per_cat = {s.queries[0].group or s.split: m for s, m in results if s.queries}
-    return fashioniq_average(per_cat)
+    """The metrics of one loaded split (a grouped benchmark's: ``<group>/<metric>`` and the
+    average), as its protocol merges them."""
+    return get_benchmark(results[0][0].benchmark).merge(results)
 
 
 def write_submission(r: SplitRanking, out_dir: Path, name: str) -> list[Path]:
-    """Official test-server files for a split (CIRR: recall + recall_subset; CIRCO: id ->
-    ranked ids; FashionIQ: dqecir's format, see docs/formats.md). Returns the paths written."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    bench = r.split.benchmark
-    written = []
-    if bench == "cirr":
-        rec = {"version": "rc2", "metric": "recall"}
-        rec.update({qid: ids for qid, ids in r.rankings.items()})
-        p = out_dir / f"{name}_recall.json"
-        p.write_text(json.dumps(rec))
-        written.append(p)
-        if r.subset_rankings is not None:
-            sub = {"version": "rc2", "metric": "recall_subset"}
-            sub.update({qid: ids[:3] for qid, ids in r.subset_rankings.items()})
-            p = out_dir / f"{name}_recall_subset.json"
-            p.write_text(json.dumps(sub))
-            written.append(p)
-    elif bench == "circo":
-        sub = {qid: [int(i) for i in ids] for qid, ids in r.rankings.items()}
-        p = out_dir / f"{name}.json"
-        p.write_text(json.dumps(sub))
-        written.append(p)
-    else:
-        from dqecir.scoring import FASHIONIQ_VERSION
-
-        sub = {"version": FASHIONIQ_VERSION}
-        sub.update(r.rankings)
-        p = out_dir / f"{name}.json"
-        p.write_text(json.dumps(sub))
-        written.append(p)
-    return written
+    """The evaluation server's files for a split, as its protocol writes them (CIRR: recall +
+    recall_subset; CIRCO: id -> ranked ids; FashionIQ: dqecir's format, see docs/formats.md).
+    Returns the paths written."""
+    bench = get_benchmark(r.split.benchmark)
+    return bench.write_submission(r.rankings, r.subset_rankings, Path(out_dir), name)
 
 
 def evaluate_checkpoint(
@@ -227,8 +183,9 @@ def evaluate_checkpoint(
 
     dev = resolve_device(device)
     model, ck = load_model(checkpoint, dev)
-    kw = {"categories": list(categories)} if categories and benchmark == "fashioniq" else {}
-    variants = phrasing_splits(benchmark, Path(root), split)
+    bench = get_benchmark(benchmark)
+    kw = {"categories": list(categories)} if categories and bench.groups is not None else {}
+    variants = bench.variants(Path(root), split, PHRASINGS[1:])
     if phrasings is not None:
         unknown = sorted(set(phrasings) - set(variants))
         if unknown:

@@ -102,8 +102,8 @@ def map_at_k(
     return 100.0 * sum(aps) / len(aps)
 
 
-def fashioniq_average(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
-    """Flatten FashionIQ per-category metrics and add their mean over categories.
+def group_average(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:
+    """Flatten per-group metrics (FashionIQ's categories) and add their mean over groups.
 
     ``{"dress": {"recall@10": 30.0}, "shirt": {"recall@10": 20.0}}`` becomes
     ``{"dress/recall@10": 30.0, "shirt/recall@10": 20.0, "average/recall@10": 25.0}``.

@@ -1,19 +1,28 @@
-"""Name -> factory registries (timm style): ``@register_backbone("tiny")`` and ``create_backbone``.
+"""Name -> entry registries (timm style), one per kind of extension point.
 
-:class:`Registry` is generic so that other kinds (benchmarks, ...) can get their own instance.
-The backbone registry is filled when :mod:`dqecir.models.backbones` is imported; the
-functions below import it on first use, so callers never have to.
+- ``BACKBONES``: ``@register_backbone("tiny")`` on a :class:`~dqecir.models.backbones.base.Backbone`
+  class; :func:`create_backbone` builds one.
+- ``BENCHMARKS``: annotation protocols (:class:`~dqecir.data.formats.protocol.Benchmark`:
+  loader, default Ks, headline metric, submission writer, category grouping), registered by
+  :mod:`dqecir.data.formats`.
+- ``EMBEDDED``: the embedded benchmark kinds ``dqecir make-benchmark`` writes (``shapes``,
+  ``fmnist``: factories of a :class:`~dqecir.data.synthetic.build.BenchmarkDefinition`).
+
+Each registry imports the package that fills it on first use, so callers never have to (and
+this module imports none of them: it sits below everything it lists). How to add an entry of
+each kind: docs/extending.md.
 """
 
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from dqecir.errors import DqecirError
 
 if TYPE_CHECKING:
+    from dqecir.data.formats.protocol import Benchmark
     from dqecir.models.backbones.base import Backbone
 
 T = TypeVar("T")
@@ -24,7 +33,7 @@ class UnknownNameError(DqecirError, ValueError):
 
 
 class Registry(Generic[T]):
-    """Maps names to factories of one kind of object.
+    """Maps names to entries of one kind (factories, or protocol objects).
 
     Args:
         kind: what the entries are ("backbone", "benchmark"), used in error messages.
@@ -35,17 +44,17 @@ class Registry(Generic[T]):
     def __init__(self, kind: str, populate: str | None = None) -> None:
         self.kind = kind
         self._populate = populate
-        self._factories: dict[str, Callable[..., T]] = {}
+        self._entries: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[Callable[..., T]], Callable[..., T]]:
-        """Decorator registering a class or function under ``name`` (names are unique)."""
+    def register(self, name: str) -> Callable[[T], T]:
+        """Decorator registering an entry under ``name`` (names are unique); returns it."""
 
-        def decorate(factory: Callable[..., T]) -> Callable[..., T]:
-            existing = self._factories.get(name)
-            if existing is not None and existing is not factory:
+        def decorate(entry: T) -> T:
+            existing = self._entries.get(name)
+            if existing is not None and existing is not entry and existing != entry:
                 raise ValueError(f"{self.kind} {name!r} is already registered ({existing!r})")
-            self._factories[name] = factory
-            return factory
+            self._entries[name] = entry
+            return entry
 
         return decorate
 
@@ -55,21 +64,36 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         self._ensure_populated()
-        return sorted(self._factories)
+        return sorted(self._entries)
 
-    def get(self, name: str) -> Callable[..., T]:
+    def get(self, name: str) -> T:
         self._ensure_populated()
         try:
-            return self._factories[name]
+            return self._entries[name]
         except KeyError:
-            known = ", ".join(sorted(self._factories)) or "(none)"
+            known = ", ".join(sorted(self._entries)) or "(none)"
             raise UnknownNameError(f"unknown {self.kind} {name!r}; known: {known}") from None
 
-    def create(self, name: str, **kwargs: Any) -> T:
-        return self.get(name)(**kwargs)
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and name in self.names()
+
+    def __iter__(self) -> Iterator[str]:
+        """The names, sorted: a registry is its own ``choices`` for argparse (read when a
+        command line is checked, so building the parser imports none of the entries)."""
+        return iter(self.names())
+
+    def create(self, name: str, **kwargs: Any) -> Any:
+        """Call the factory registered under ``name``."""
+        return self.get(name)(**kwargs)  # type: ignore[operator]
 
 
-BACKBONES: Registry[Any] = Registry("backbone", populate="dqecir.models.backbones")
+BACKBONES: Registry[Callable[..., Backbone]] = Registry(
+    "backbone", populate="dqecir.models.backbones"
+)
+BENCHMARKS: Registry[Benchmark] = Registry("benchmark", populate="dqecir.data.formats")
+EMBEDDED: Registry[Callable[..., Any]] = Registry(
+    "benchmark kind", populate="dqecir.data.synthetic"
+)
 
 
 def register_backbone(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -84,3 +108,8 @@ def create_backbone(name: str, **kwargs: Any) -> Backbone:
 
 def list_backbones() -> list[str]:
     return BACKBONES.names()
+
+
+def get_benchmark(name: str) -> Benchmark:
+    """The registered annotation protocol ``name`` (``cirr``, ``circo``, ``fashioniq``)."""
+    return BENCHMARKS.get(name)

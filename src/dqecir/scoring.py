@@ -17,30 +17,13 @@ from dqecir.data.formats import load_benchmark
 from dqecir.data.formats.common import read_json
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError, PredictionsError
-from dqecir.metrics import (
-    fashioniq_average,
-    map_at_k,
-    recall_at_k,
-    recall_subset_at_k,
-    subset_ranking,
-)
-
-DEFAULT_KS: Mapping[str, Mapping[str, tuple[int, ...]]] = {
-    "cirr": {"recall": (1, 5, 10, 50), "recall_subset": (1, 2, 3), "map": (5, 10, 25, 50)},
-    "circo": {"map": (5, 10, 25, 50), "recall": (1, 5, 10, 25, 50)},
-    "fashioniq": {"recall": (10, 50)},
-}
-"""Metric families and cut-offs per benchmark layout. ``map`` on CIRR is a dqecir extra (mAP
-over ``target_hard`` + the soft targets scored 1.0), used by the embedded benchmarks. CIRCO's
-official script reports Recall@5/10/25/50; recall@1 is added."""
+from dqecir.metrics import map_at_k, recall_at_k, recall_subset_at_k, subset_ranking
+from dqecir.registry import get_benchmark
 
 MIN_ENTRIES = {"recall": 50, "recall_subset": 3}
 """Shortest ranking a predictions file may hold, per metric (``recall``: CIRCO and FashionIQ
 too), capped by what the split allows: the gallery minus the reference where the protocol
 removes it, or the ``img_set`` members minus the reference."""
-
-FASHIONIQ_VERSION = "dqecir-fiq1"
-CIRR_VERSION = "rc2"
 
 
 # ---------------------------------------------------------------------------------------
@@ -65,17 +48,16 @@ def score_rankings(
             When ``None`` they are derived from ``rankings`` by
             :func:`dqecir.metrics.subset_ranking`.
         ks: per family (``recall``, ``recall_subset``, ``map``) the cut-offs to report,
-            replacing that family's defaults in :data:`DEFAULT_KS`.
+            replacing that family's defaults (the benchmark protocol's ``default_ks``).
 
     Every metric is also reported as ``<kind>/<metric>`` over the queries of each ``kind`` and
     as ``heldout/<metric>`` over the queries marked ``heldout``, when queries carry them.
     """
-    if split.benchmark not in DEFAULT_KS:
-        raise ValueError(f"unknown benchmark layout {split.benchmark!r}")
+    default_ks = get_benchmark(split.benchmark).default_ks
     _require_targets(split)
     if rankings is None and subset_rankings is None:
         raise ValueError("nothing to score: give rankings and/or subset_rankings")
-    families = {**DEFAULT_KS[split.benchmark], **{k: tuple(v) for k, v in (ks or {}).items()}}
+    families = {**default_ks, **{k: tuple(v) for k, v in (ks or {}).items()}}
     groups: list[tuple[str, list[Query]]] = [("", split.queries)]
     for kind in sorted({q.kind for q in split.queries if q.kind is not None}):
         groups.append((f"{kind}/", [q for q in split.queries if q.kind == kind]))
@@ -187,14 +169,12 @@ def validate_predictions(benchmark: str, splits: Sequence[CIRSplit], path: Path)
     if not isinstance(data, dict):
         raise PredictionsError("expected a JSON object of query id -> ranking", file=path)
     data = dict(data)
-    metric = "recall"
-    if benchmark == "cirr":
-        _expect(data.pop("version", None), (CIRR_VERSION,), path, "version")
-        metric = _expect(data.pop("metric", None), tuple(MIN_ENTRIES), path, "metric")
-    elif benchmark == "fashioniq":
-        _expect(data.pop("version", None), (FASHIONIQ_VERSION,), path, "version")
-    elif benchmark != "circo":
-        raise ValueError(f"unknown benchmark {benchmark!r}")
+    fmt = get_benchmark(benchmark).predictions
+    if fmt.version is not None:
+        _expect(data.pop("version", None), (fmt.version,), path, "version")
+    metric = fmt.metrics[0]
+    if len(fmt.metrics) > 1:
+        metric = _expect(data.pop("metric", None), fmt.metrics, path, "metric")
     queries = {q.qid: (q, s) for s in splits for q in s.queries}
     _check_keys(data, queries, path)
     galleries = {id(s): set(s.gallery) for s in splits}
@@ -202,7 +182,7 @@ def validate_predictions(benchmark: str, splits: Sequence[CIRSplit], path: Path)
     for key, value in data.items():
         query, split = queries[key]
         allowed = set(query.members) if metric == "recall_subset" else galleries[id(split)]
-        ranking = _parse_ranking(value, key, path, integer_ids=benchmark == "circo")
+        ranking = _parse_ranking(value, key, path, integer_ids=fmt.integer_ids)
         at_least = min(MIN_ENTRIES[metric], _rankable(allowed, query, split, metric))
         _check_ranking(ranking, key, path, allowed, at_least, split, metric)
         rankings[key] = ranking
@@ -332,13 +312,12 @@ def has_targets(splits: Sequence[CIRSplit]) -> bool:
 
 
 def score_predictions(splits: Sequence[CIRSplit], parsed: Predictions) -> dict[str, float]:
-    """Score validated predictions against splits with targets."""
-    if parsed.benchmark == "fashioniq":
-        per_category = {_category(s): score_rankings(s, parsed.rankings) for s in splits}
-        return fashioniq_average(per_category)
+    """Score validated predictions against splits with targets (a grouped benchmark's groups
+    apart, then their average)."""
     if parsed.metric == "recall_subset":
         return score_rankings(splits[0], None, subset_rankings=parsed.rankings)
-    return score_rankings(splits[0], parsed.rankings)
+    results = [(s, score_rankings(s, parsed.rankings)) for s in splits]
+    return get_benchmark(parsed.benchmark).merge(results)
 
 
 def score_predictions_file(
@@ -362,10 +341,3 @@ def score_predictions_file(
             file=predictions,
         )
     return score_predictions(splits, parsed)
-
-
-def _category(split: CIRSplit) -> str:
-    """The FashionIQ category of a loaded split (every query carries it as ``group``)."""
-    if not split.queries or split.queries[0].group is None:
-        raise DataError(f"fashioniq split {split.split!r} has no queries of a known category")
-    return split.queries[0].group

@@ -12,6 +12,7 @@ gradients are averaged, and only rank 0 validates and writes files.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -41,6 +42,7 @@ from dqecir.evaluate import validate
 from dqecir.models.attribute import Lexicon, load_lexicon, text_labels
 from dqecir.models.cir import CIRModel, build_model, embed_gallery
 from dqecir.objective import DQECIRObjective, ObjectiveBatch
+from dqecir.registry import get_benchmark
 from dqecir.runlog import RunLog, drop_temporary_files, open_run_log, truncate_log
 from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
 
@@ -85,12 +87,22 @@ def seed_everything(seed: int) -> None:
 
 
 def load_splits(cfg: Config, split: str) -> list[CIRSplit]:
+    """The splits of ``split`` the config's benchmark protocol loads (a grouped benchmark's
+    ``data.categories``)."""
     from dqecir.data.formats import load_benchmark
 
     kw: dict[str, Any] = {"skip_missing": cfg.data.skip_missing}
-    if cfg.data.benchmark == "fashioniq":
+    if get_benchmark(cfg.data.benchmark).groups is not None:
         kw["categories"] = cfg.data.categories
     return load_benchmark(cfg.data.benchmark, Path(cfg.data.root), split, **kw)
+
+
+def resolve_headline(cfg: Config) -> Config:
+    """``cfg`` with ``eval.headline`` set: as given, or the benchmark protocol's headline."""
+    if cfg.eval.headline:
+        return cfg
+    headline = get_benchmark(cfg.data.benchmark).headline
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, headline=headline))
 
 
 def ensure_data(cfg: Config) -> None:
@@ -101,11 +113,12 @@ def ensure_data(cfg: Config) -> None:
     if root.exists() or not cfg.data.make:
         return
     from dqecir.data.synthetic import make_benchmark
+    from dqecir.data.synthetic.writers import LAYOUTS
 
     make = dict(cfg.data.make)
     kind = make.pop("kind")
     # The config root points at one layout (e.g. <out>/cirr); the benchmark folder is its parent.
-    out = root.parent if root.name in ("cirr", "circo") else root
+    out = root.parent if root.name in LAYOUTS else root
     log.info("building the %s benchmark in %s", kind, out)
     make_benchmark(kind, out, **make)
 
@@ -620,6 +633,7 @@ def train(
         cfg = config_from_dict(load_checkpoint(last).meta["config"])
     elif cfg is None:
         raise ConfigError("train: a config is needed unless resuming")
+    cfg = resolve_headline(cfg)
     out.mkdir(parents=True, exist_ok=True)
     env = init_distributed(cfg.train.device)  # a single process unless under torchrun
     try:

@@ -35,6 +35,13 @@ from dqecir.data.formats.common import (
     targets_hidden,
     warn_empty_captions,
 )
+from dqecir.data.formats.protocol import (
+    Benchmark,
+    PredictionsFormat,
+    Rankings,
+    register_benchmark,
+    write_json_files,
+)
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
 
@@ -176,3 +183,30 @@ def _parse_record(record: dict, file: Path, index: int, hidden: bool) -> Query:
         heldout=heldout,
         **phrasing_fields(record, where),
     )
+
+
+def write_submission(
+    rankings: Rankings, subset_rankings: Rankings | None, out_dir: Path, name: str
+) -> list[Path]:
+    """The test server's file ``<name>.json``: query id -> ranked integer image ids."""
+    return write_json_files(
+        {f"{name}.json": {qid: [int(i) for i in ids] for qid, ids in rankings.items()}}, out_dir
+    )
+
+
+def _load(root: str | Path, split: str, group: None, **kw: bool) -> CIRSplit:
+    return load_circo(root, split, **kw)
+
+
+CIRCO = register_benchmark(
+    Benchmark(
+        name="circo",
+        load=_load,
+        # the official script reports Recall@5/10/25/50; recall@1 is added
+        default_ks={"map": (5, 10, 25, 50), "recall": (1, 5, 10, 25, 50)},
+        headline="map@10",
+        write_submission=write_submission,
+        predictions=PredictionsFormat(integer_ids=True),
+        split_file=annotation_file,
+    )
+)

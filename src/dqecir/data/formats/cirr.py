@@ -36,8 +36,17 @@ from dqecir.data.formats.common import (
     targets_hidden,
     warn_empty_captions,
 )
+from dqecir.data.formats.protocol import (
+    Benchmark,
+    PredictionsFormat,
+    Rankings,
+    register_benchmark,
+    write_json_files,
+)
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
+
+VERSION = "rc2"
 
 
 def caption_file(root: Path, split: str) -> Path:
@@ -138,3 +147,38 @@ def _soft_score(value: object, where: RecordRef) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise where.error(f"soft score must be a number, got {value!r}", field="target_soft")
     return float(value)
+
+
+def write_submission(
+    rankings: Rankings, subset_rankings: Rankings | None, out_dir: Path, name: str
+) -> list[Path]:
+    """The test server's two files: ``<name>_recall.json`` (50 names per pair id) and, with
+    subset rankings, ``<name>_recall_subset.json`` (3 names)."""
+    files: dict[str, object] = {
+        f"{name}_recall.json": {"version": VERSION, "metric": "recall", **rankings}
+    }
+    if subset_rankings is not None:
+        subsets = {qid: ids[:3] for qid, ids in subset_rankings.items()}
+        files[f"{name}_recall_subset.json"] = {
+            "version": VERSION, "metric": "recall_subset", **subsets
+        }  # fmt: skip
+    return write_json_files(files, out_dir)
+
+
+def _load(root: str | Path, split: str, group: None, **kw: bool) -> CIRSplit:
+    return load_cirr(root, split, **kw)
+
+
+CIRR = register_benchmark(
+    Benchmark(
+        name="cirr",
+        load=_load,
+        # ``map`` is a dqecir extra (mAP over target_hard + the soft targets scored 1.0): the
+        # headline of the embedded benchmarks, which are scored through this layout
+        default_ks={"recall": (1, 5, 10, 50), "recall_subset": (1, 2, 3), "map": (5, 10, 25, 50)},
+        headline="avg",
+        write_submission=write_submission,
+        predictions=PredictionsFormat(version=VERSION, metrics=("recall", "recall_subset")),
+        split_file=caption_file,
+    )
+)

@@ -28,10 +28,19 @@ from dqecir.data.formats.common import (
     targets_hidden,
     warn_empty_captions,
 )
+from dqecir.data.formats.protocol import (
+    Benchmark,
+    PredictionsFormat,
+    Rankings,
+    register_benchmark,
+    write_json_files,
+)
 from dqecir.data.types import CIRSplit, Query
 from dqecir.errors import DataError
 
 CATEGORIES = ("dress", "shirt", "toptee")
+VERSION = "dqecir-fiq1"
+"""The ``version`` of dqecir's FashionIQ predictions format (docs/formats.md)."""
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 """Searched in this order: an id stored under two extensions resolves to the first."""
 
@@ -148,3 +157,32 @@ def image_locator(images_dir: Path) -> Locator:
         return images_dir / f"{image}.{pattern}", False
 
     return locate
+
+
+def write_submission(
+    rankings: Rankings, subset_rankings: Rankings | None, out_dir: Path, name: str
+) -> list[Path]:
+    """``<name>.json`` in dqecir's FashionIQ predictions format (docs/formats.md)."""
+    return write_json_files({f"{name}.json": {"version": VERSION, **rankings}}, out_dir)
+
+
+def _categories(root: Path, split: str) -> list[str]:
+    cats = fashioniq_categories(root, split)
+    if not cats:
+        raise DataError(
+            f"no FashionIQ caption files cap.<category>.{split}.json", file=Path(root) / "captions"
+        )
+    return cats
+
+
+FASHIONIQ = register_benchmark(
+    Benchmark(
+        name="fashioniq",
+        load=load_fashioniq,
+        default_ks={"recall": (10, 50)},
+        headline="average/recall@10",
+        write_submission=write_submission,
+        predictions=PredictionsFormat(version=VERSION),
+        groups=_categories,
+    )
+)

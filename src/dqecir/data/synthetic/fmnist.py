@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dqecir.data.synthetic.common import (
+from dqecir.data.synthetic.idx import load_fashion_mnist, resolve_fmnist_dir
+from dqecir.data.synthetic.plan import (
     IMAGE_SIZE,
     Deck,
     ImageDraft,
@@ -26,7 +27,7 @@ from dqecir.data.synthetic.common import (
     SizePreset,
     instances_for,
 )
-from dqecir.data.synthetic.idx import load_fashion_mnist, resolve_fmnist_dir
+from dqecir.registry import EMBEDDED
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (205, 35, 35),
@@ -55,6 +56,7 @@ COLORS_PER_INSTANCE = 4
 GARMENT_SIZE = 56
 
 
+@EMBEDDED.register("fmnist")
 @dataclass
 class FmnistBenchmark:
     """Definition of ``fmnist``; ``fmnist_dir`` holds the four Fashion-MNIST idx files (None:

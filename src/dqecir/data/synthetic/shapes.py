@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image, ImageDraw
 
-from dqecir.data.synthetic.common import (
+from dqecir.data.synthetic.plan import (
     IMAGE_SIZE,
     SPLITS,
     Deck,
@@ -27,6 +27,7 @@ from dqecir.data.synthetic.common import (
     SizePreset,
     instances_for,
 )
+from dqecir.registry import EMBEDDED
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (210, 35, 35),
@@ -46,9 +47,10 @@ IMAGES_PER_INSTANCE = 7
 SUPERSAMPLE = 2
 
 
+@EMBEDDED.register("shapes")
 @dataclass
 class ShapesBenchmark:
-    """Definition of ``shapes`` for :func:`dqecir.data.synthetic.common.build_benchmark`."""
+    """Definition of ``shapes`` for :func:`dqecir.data.synthetic.build.build_benchmark`."""
 
     name: str = "shapes"
     vocab: dict[str, tuple[str, ...]] = field(
