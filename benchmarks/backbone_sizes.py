@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from dqecir.data.images import load_tensor
-from dqecir.models.backbones.base import Preprocess
+from dqecir.data.images import Preprocess, load_tensor
 from dqecir.models.backbones.lite import (
     IMAGENET_MEAN,
     IMAGENET_STD,

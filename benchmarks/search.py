@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from dqecir.engines import ExactEngine, FaissEngine, FaissOptions
+from dqecir.search import ExactEngine, FaissEngine, FaissOptions
 
 DIM = 256
 K = 10

@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from dqecir.index import build_index
+from dqecir.search import build_index
 from dqecir.serve.app import BackgroundServer, create_app
 from dqecir.serve.browser import chromium_driver, open_page, search_on_page
 

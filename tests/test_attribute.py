@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from dqecir.losses import AttributeLoss
 from dqecir.models.attribute import AttributeWeights, Lexicon
-from dqecir.models.backbones.base import similarity
+from dqecir.similarity import similarity
 
 
 @pytest.mark.parametrize("mode", ["gate", "subspace"])

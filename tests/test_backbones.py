@@ -14,9 +14,10 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Backbone, similarity
+from dqecir.models.backbones.base import Backbone
 from dqecir.models.backbones.blip2 import check_model_dir, save_random_blip2
 from dqecir.registry import Registry, UnknownNameError, create_backbone, list_backbones
+from dqecir.similarity import similarity
 
 TEXTS = ["make it red", "has longer sleeves and a round collar, not blue"]
 

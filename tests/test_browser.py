@@ -11,7 +11,7 @@ import shutil
 
 import pytest
 
-from dqecir.index import build_index
+from dqecir.search import build_index
 from dqecir.serve.app import BackgroundServer, create_app
 from dqecir.serve.browser import (
     chromium_driver,

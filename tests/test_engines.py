@@ -1,5 +1,6 @@
 """Search engines on random galleries: exact vs a naive reference, faiss engines vs exact."""
 
+import dataclasses
 import sys
 
 import faiss  # noqa: E402,F401  (dqecir[index]: a missing install fails here, never skips)
@@ -8,14 +9,16 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from dqecir.engines import (
+from dqecir.registry import ENGINES
+from dqecir.search import (
     ExactEngine,
+    ExactOptions,
     FaissEngine,
     FaissOptions,
     MissingDependencyError,
     make_engine,
 )
-from dqecir.models.backbones.base import similarity
+from dqecir.similarity import similarity
 
 
 @pytest.fixture(autouse=True)
@@ -133,3 +136,31 @@ def test_missing_faiss_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "faiss", None)  # import faiss -> ImportError
     with pytest.raises(MissingDependencyError, match=r"pip install 'dqecir\[index\]'"):
         FaissEngine(_gallery(10, 1, 8), "flat")
+
+
+@pytest.mark.parametrize("name", ENGINES.names())
+def test_every_registered_engine_builds_from_its_options(name):
+    """The test to copy for a new engine (docs/extending.md, "Search engine"): it registers a
+    builder and an options dataclass, and its top results on a random gallery are exact's."""
+    spec = ENGINES.get(name)
+    assert spec.name == name and dataclasses.is_dataclass(spec.options)
+    if spec.needs_index:  # qdrant: built over a loaded index, see test_qdrant.py
+        with pytest.raises(ValueError, match="needs the loaded index"):
+            make_engine(name, _gallery(10, 1, 8), spec.options())
+        return
+    g, q = _gallery(300, 2, 16), _queries(4, 16)
+    engine = make_engine(name, g, spec.options())
+    assert engine.name == name and len(engine) == 300
+    s, i = engine.search(q, 5)
+    want_s, want_i = _naive(g, q, 5)
+    assert s.shape == i.shape == (4, 5)
+    # approximate engines may miss a neighbour; what they return is scored exactly
+    found = i >= 0
+    assert torch.allclose(s[found], ExactEngine(g).rescore(q, i.clamp(min=0))[found], atol=1e-5)
+    floor = {"exact": 1.0, "flat": 1.0, "hnsw": 0.8}.get(name, 0.2)  # IVF-PQ codes are coarse
+    assert _recall(want_i, i) >= floor
+
+
+def test_engine_options_of_another_engine_are_refused():
+    with pytest.raises(ValueError, match="takes FaissOptions, not ExactOptions"):
+        make_engine("hnsw", _gallery(10, 1, 8), ExactOptions())

@@ -15,13 +15,13 @@ from PIL import Image
 from dqecir.data.images import (
     DEFAULT_MAX_ASPECT,
     FORMATS,
+    Preprocess,
     fit_square,
     load_image,
     load_tensor,
     to_tensor,
 )
 from dqecir.errors import DataError
-from dqecir.models.backbones.base import Preprocess
 
 PRE = Preprocess(image_size=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), target_pad=1.25)
 

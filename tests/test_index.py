@@ -10,14 +10,14 @@ import pytest
 import torch
 from bad_images import runtime_error_avif, strip_png
 
-import dqecir.index as index_mod
+import dqecir.search.build as index_mod
 from dqecir.checkpoint import load_checkpoint, save_checkpoint
 from dqecir.cli import main
 from dqecir.data.images import load_tensor
-from dqecir.engines import ExactEngine, Searcher
-from dqecir.errors import CheckpointError, DataError
-from dqecir.index import build_index, list_images, load_index
+from dqecir.errors import CheckpointError, DataError, QueryError
+from dqecir.files import file_sha256
 from dqecir.models.cir import load_model
+from dqecir.search import ExactEngine, Searcher, build_index, list_images, load_index
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +189,7 @@ def test_broken_ids_file_is_a_clear_error(built, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())  # a consistent manifest
     manifest["files"]["ids.json"] = {
         "bytes": (out / "ids.json").stat().st_size,
-        "sha256": index_mod.file_sha256(out / "ids.json"),
+        "sha256": file_sha256(out / "ids.json"),
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(CheckpointError, match="ids.json is unreadable: nested too deeply"):
@@ -304,3 +304,30 @@ def test_search_cli_refuses_what_the_api_refuses(built, trained, capsys, text, k
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err
+
+
+def test_searcher_query_takes_a_file_or_an_id_and_leaves_out_the_reference(
+    trained, built, tmp_path
+):
+    _, images = trained
+    _, out = built
+    searcher = Searcher.open(out)
+    ref = searcher.index.ids[3]
+    by_id = searcher.query("make it red", 5, image_id=ref)
+    by_file = searcher.query("make it red", 5, file=images / ref)
+    assert by_id.excluded == by_file.excluded == (ref,)
+    assert [h.id for h in by_id.hits] == [h.id for h in by_file.hits]
+    assert ref not in {h.id for h in by_id.hits} and len(by_id.hits) == 5
+    n = len(searcher.index)  # the whole index: the reference must rank somewhere
+    kept = searcher.query("make it red", n, image_id=ref, keep_reference=True)
+    assert kept.excluded == () and ref in {h.id for h in kept.hits} and len(kept.hits) == n
+    left_out = searcher.query("make it red", n, image_id=ref)
+    assert len(left_out.hits) == n - 1 and ref not in {h.id for h in left_out.hits}
+    outside = tmp_path / "copy.png"
+    shutil.copy(images / ref, outside)  # same pixels, not an index image: nothing left out
+    assert searcher.query("make it red", 5, file=outside).excluded == ()
+    for kw in ({}, {"file": outside, "image_id": ref}):
+        with pytest.raises(QueryError, match="exactly one reference"):
+            searcher.query("make it red", 5, **kw)
+    with pytest.raises(QueryError, match="no image"):
+        searcher.query("make it red", 5, image_id="nope.png")

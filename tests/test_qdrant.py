@@ -16,16 +16,15 @@ import torch
 from dqecir.cli import main
 from dqecir.config import load_config
 from dqecir.data.synthetic import make_benchmark
-from dqecir.engines import (
-    ExactEngine,
+from dqecir.errors import DqecirError
+from dqecir.search import ExactEngine, Index
+from dqecir.search.engines.qdrant import (
     QdrantEngine,
     QdrantOptions,
     collection_name,
     open_qdrant,
     upload_to_qdrant,
 )
-from dqecir.errors import DqecirError
-from dqecir.index import Index
 from dqecir.train import train
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"

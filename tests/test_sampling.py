@@ -8,8 +8,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dqecir.models.backbones.base import similarity
 from dqecir.sampling import TRNSSchedule, ZoneSpec, mine_negatives
+from dqecir.similarity import similarity
 
 
 def _setup(seed: int, n_q: int = 12, n_p: int = 40, d: int = 8, nt: int = 1):

@@ -15,7 +15,7 @@ from bad_images import runtime_error_avif, strip_png
 from PIL import Image
 
 from dqecir.data.images import load_tensor
-from dqecir.index import build_index
+from dqecir.search import build_index
 from dqecir.serve.app import BackgroundServer, Limits, create_app
 
 LIMITS = Limits(

@@ -13,9 +13,16 @@ import torch
 from torchrun_helper import torchrun
 
 from dqecir.data.images import load_tensor
-from dqecir.engines import ExactEngine, Searcher
 from dqecir.errors import CheckpointError
-from dqecir.index import build_index, list_images, load_index, merge_shards, shard_dir
+from dqecir.search import (
+    ExactEngine,
+    Searcher,
+    build_index,
+    list_images,
+    load_index,
+    merge_shards,
+    shard_dir,
+)
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from dqecir.engines import ExactEngine, Searcher, text_words, without_word
-from dqecir.index import Index
+from dqecir.search import ExactEngine, Index, Searcher
+from dqecir.search.searcher import text_words, without_word
 
 COLORS = ("red", "green", "blue")
 SHAPES = ("circle", "square", "star")
@@ -164,7 +164,7 @@ def test_search_cli_json_has_word_effects(tiny_trained, tmp_path, capsys):
     import json
 
     from dqecir.cli import main
-    from dqecir.index import build_index
+    from dqecir.search import build_index
 
     ck, bench = tiny_trained
     build_index(ck, bench / "test1", tmp_path / "index", progress=False)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from dqecir.errors import DqecirError
-from dqecir.registry import BENCHMARKS, EMBEDDED
+from dqecir.registry import BENCHMARKS, EMBEDDED, ENGINES
 
 log = logging.getLogger("dqecir")
 
@@ -157,7 +157,7 @@ def _qdrant_options(args: argparse.Namespace) -> object:
     command, ``--qdrant-points``); the API key is read from the named environment variable."""
     import os
 
-    from dqecir.engines import QdrantOptions
+    from dqecir.search import QdrantOptions
 
     if not args.url:
         raise SystemExit("--store qdrant needs --url (http://HOST:6333, a folder or :memory:)")
@@ -173,7 +173,7 @@ def _qdrant_options(args: argparse.Namespace) -> object:
 
 def _cmd_index(args: argparse.Namespace) -> int:
     from dqecir.distributed import init_distributed, local_device, shutdown
-    from dqecir.index import build_index
+    from dqecir.search import build_index
 
     env = init_distributed(args.device)  # one shard per process under torchrun
     try:
@@ -200,8 +200,7 @@ def _cmd_index(args: argparse.Namespace) -> int:
         print(f"unreadable image skipped: {bad['path']}: {bad['error']}", file=sys.stderr)
     out = report.to_dict()
     if args.store == "qdrant":
-        from dqecir.engines import open_qdrant, upload_to_qdrant
-        from dqecir.index import load_index
+        from dqecir.search import load_index, open_qdrant, upload_to_qdrant
 
         options = _qdrant_options(args)
         index = load_index(Path(args.out), verify=False)
@@ -222,8 +221,7 @@ def _engine(args: argparse.Namespace) -> tuple[str, object]:
 
 
 def _cmd_search(args: argparse.Namespace) -> int:
-    from dqecir.data.images import load_tensor
-    from dqecir.engines import Searcher, check_query
+    from dqecir.search import Searcher, check_query
 
     check_query(args.text, args.k)  # the API's rules, before anything is loaded
     engine, options = _engine(args)
@@ -234,17 +232,15 @@ def _cmd_search(args: argparse.Namespace) -> int:
         device=args.device,
         options=options,
     )
-    ref = Path(args.image)
-    if not ref.is_file() and args.image in searcher.index:
-        ref = searcher.index.path_of(args.image)
-    own_id = searcher.index.id_of(ref)
-    exclude = (own_id,) if own_id is not None and not args.keep_reference else ()
-    pixels = load_tensor(ref, searcher.model.backbone.preprocess)
-    result = searcher.search(
-        pixels, args.text, args.k, exclude=exclude, word_effects=not args.no_word_effects
-    )
+    # --image is a file, or an id of the index when no such file exists
+    by_id = not Path(args.image).is_file() and args.image in searcher.index
+    result = searcher.query(
+        args.text, args.k, file=None if by_id else args.image, image_id=args.image if by_id else None,
+        keep_reference=args.keep_reference, word_effects=not args.no_word_effects,
+    )  # fmt: skip
     if args.json:
-        query = {"image": str(ref), "text": args.text, "k": args.k, "excluded": list(exclude)}
+        query = {"image": str(result.reference), "text": args.text, "k": args.k,
+                 "excluded": list(result.excluded)}  # fmt: skip
         print(json.dumps({"query": query, **result.to_dict()}))
     else:
         print(result.to_text())
@@ -255,25 +251,14 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from dqecir.serve.app import serve
 
     engine, options = _engine(args)
-    if options is not None:  # serve() takes no engine options: open the searcher here
-        import uvicorn
-
-        from dqecir.engines import Searcher
-        from dqecir.serve.app import create_app
-
-        searcher = Searcher.open(
-            Path(args.index), checkpoint=args.checkpoint, engine=engine,
-            device=args.device, options=options,
-        )  # fmt: skip
-        uvicorn.run(create_app(args.index, searcher=searcher), host=args.host, port=args.port)
-        return 0
     serve(
         Path(args.index),
         host=args.host,
         port=args.port,
         checkpoint=args.checkpoint,
-        engine=args.engine,
+        engine=engine,
         device=args.device,
+        options=options,
     )
     return 0
 
@@ -413,9 +398,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--image", required=True, help="reference image file, or an id of the index")
     se.add_argument("--text", required=True, help='the change, e.g. "make it red"')
     se.add_argument("-k", type=int, default=10)
-    se.add_argument(
-        "--engine", choices=["exact", "flat", "hnsw", "ivfpq", "qdrant"], default="exact"
-    )
+    se.add_argument("--engine", choices=ENGINES, metavar="ENGINE", default="exact",
+                    help="%(choices)s (default %(default)s)")  # fmt: skip
     _store_arguments(se)
     se.add_argument("--checkpoint", help="default: the one the index manifest names")
     se.add_argument("--device", default="cpu", help="cpu, cuda or auto")
@@ -435,9 +419,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--index", required=True, help="index folder")
     sv.add_argument("--host", default="127.0.0.1")
     sv.add_argument("--port", type=int, default=8000)
-    sv.add_argument(
-        "--engine", choices=["exact", "flat", "hnsw", "ivfpq", "qdrant"], default="exact"
-    )
+    sv.add_argument("--engine", choices=ENGINES, metavar="ENGINE", default="exact",
+                    help="%(choices)s (default %(default)s)")  # fmt: skip
     _store_arguments(sv)
     sv.add_argument("--checkpoint", help="default: the one the index manifest names")
     sv.add_argument("--device", default="cpu", help="cpu, cuda or auto")

@@ -5,6 +5,8 @@
 - ``BENCHMARKS``: annotation protocols (:class:`~dqecir.data.formats.protocol.Benchmark`:
   loader, default Ks, headline metric, submission writer, category grouping), registered by
   :mod:`dqecir.data.formats`.
+- ``ENGINES``: search engines (:class:`~dqecir.search.engines.base.EngineSpec`: a builder and its
+  options), registered by :mod:`dqecir.search.engines`.
 - ``EMBEDDED``: the embedded benchmark kinds ``dqecir make-benchmark`` writes (``shapes``,
   ``fmnist``: factories of a :class:`~dqecir.data.synthetic.build.BenchmarkDefinition`).
 
@@ -24,6 +26,7 @@ from dqecir.errors import DqecirError
 if TYPE_CHECKING:
     from dqecir.data.formats.protocol import Benchmark
     from dqecir.models.backbones.base import Backbone
+    from dqecir.search.engines.base import EngineSpec
 
 T = TypeVar("T")
 
@@ -91,6 +94,7 @@ BACKBONES: Registry[Callable[..., Backbone]] = Registry(
     "backbone", populate="dqecir.models.backbones"
 )
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark", populate="dqecir.data.formats")
+ENGINES: Registry[EngineSpec] = Registry("engine", populate="dqecir.search.engines")
 EMBEDDED: Registry[Callable[..., Any]] = Registry(
     "benchmark kind", populate="dqecir.data.synthetic"
 )

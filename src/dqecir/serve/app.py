@@ -1,4 +1,4 @@
-"""HTTP API and web page over a :class:`dqecir.engines.Searcher`.
+"""HTTP API and web page over a :class:`dqecir.search.Searcher`.
 
 Endpoints:
     GET  /                      the page (static/index.html)
@@ -38,9 +38,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from PIL import Image
 
-from dqecir.data.images import load_image, to_tensor
-from dqecir.engines import FaissOptions, Searcher, check_query
+from dqecir.data.images import load_image
 from dqecir.errors import DataError, QueryError
+from dqecir.search import Searcher, check_query
 
 log = logging.getLogger(__name__)
 
@@ -169,10 +169,12 @@ def create_app(
     device: str = "cpu",
     limits: Limits | None = None,
     verify: bool = True,
-    options: FaissOptions | None = None,
+    options: Any | None = None,
     searcher: Searcher | None = None,
 ) -> FastAPI:
-    """The app over the index in ``index_dir`` (or over an already open ``searcher``)."""
+    """The app over the index in ``index_dir`` (or over an already open ``searcher``), searched
+    by the registered engine ``engine`` with ``options`` (its options dataclass, e.g.
+    :class:`~dqecir.search.QdrantOptions`; None: its defaults)."""
     limits = limits or Limits()
     if searcher is None:
         searcher = Searcher.open(
@@ -248,8 +250,8 @@ def _routes(app: FastAPI, searcher: Searcher, limits: Limits, thumbnail: Any) ->
     ) -> dict:
         start = time.perf_counter()
         _check_query(text, k, image_id, image, limits)
-        pixels, exclude, name = _reference(searcher, image_id, image, limits)
-        result = searcher.search(pixels, text, k, exclude=exclude, word_effects=word_effects)
+        name = (image.filename or "upload") if image is not None and not image_id else None
+        result = _search(searcher, text, k, image_id, image, limits, word_effects)
         return {
             "query": {"image_id": image_id, "upload": name, "text": text, "k": k},
             "results": [
@@ -278,24 +280,28 @@ def _check_query(
         raise HTTPException(422, "give exactly one reference: an image file or an image_id")
 
 
-def _reference(
-    searcher: Searcher, image_id: str | None, upload: UploadFile | None, limits: Limits
-) -> tuple[Any, tuple[str, ...], str | None]:
-    """Preprocessed reference pixels, the ids to leave out of the results, the upload name."""
-    pre = searcher.model.backbone.preprocess
+def _search(
+    searcher: Searcher,
+    text: str,
+    k: int,
+    image_id: str | None,
+    upload: UploadFile | None,
+    limits: Limits,
+    word_effects: bool,
+) -> Any:
+    """:meth:`Searcher.query` on an index id or an upload (written to a private temporary
+    file, read with the same checks as every other image), its errors as HTTP answers that show
+    no server path: an unknown id 404, an index image that can no longer be read 500, an
+    upload that is no usable image 400."""
     if image_id:
         if image_id not in searcher.index:
             raise HTTPException(404, f"no image {image_id!r} in the index")
-        img = _index_image(searcher, image_id, 500)
-        return to_tensor(img, pre), (image_id,), None
+        try:
+            return searcher.query(text, k, image_id=image_id, word_effects=word_effects)
+        except DataError as e:
+            raise _unreadable(searcher, image_id, e, 500) from e
     assert upload is not None
     name = upload.filename or "upload"
-    return to_tensor(_decode_upload(upload, name, limits), pre), (), name
-
-
-def _decode_upload(upload: UploadFile, name: str, limits: Limits) -> Image.Image:
-    """Decode through :func:`dqecir.data.images.load_image` (the same checks as every other
-    image: size limit, truncation, format), from a private temporary file."""
     data = upload.file.read(limits.max_body_bytes + 1)
     if not data:
         raise HTTPException(400, f"upload {name!r} is empty")
@@ -303,29 +309,28 @@ def _decode_upload(upload: UploadFile, name: str, limits: Limits) -> Image.Image
         path = Path(tmp) / "upload"
         path.write_bytes(data)
         try:
-            return load_image(path, max_pixels=limits.max_pixels)
+            return searcher.query(
+                text, k, file=path, word_effects=word_effects, max_pixels=limits.max_pixels
+            )
         except DataError as e:
             reason = e.reason.replace(str(path), "the upload")
             raise HTTPException(400, f"upload {name!r} is not a usable image: {reason}") from e
 
 
-def _index_image(searcher: Searcher, image_id: str, status: int) -> Image.Image:
-    """An index image, or the HTTP error ``status`` saying why not, in words that show no
-    server path (the file changed or went away since it was indexed)."""
-    path = searcher.index.path_of(image_id)
-    try:
-        return load_image(path)
-    except DataError as e:
-        reason = e.reason.replace(str(path), image_id).replace(
-            str(searcher.index.images_root), "<images>"
-        )
-        raise HTTPException(
-            status, f"index image {image_id!r} can no longer be read: {reason}"
-        ) from e
+def _unreadable(searcher: Searcher, image_id: str, e: DataError, status: int) -> HTTPException:
+    """The HTTP error ``status`` for an index image that can no longer be read (changed or gone
+    since it was indexed), in words that show no server path."""
+    reason = e.reason.replace(str(searcher.index.path_of(image_id)), image_id).replace(
+        str(searcher.index.images_root), "<images>"
+    )
+    return HTTPException(status, f"index image {image_id!r} can no longer be read: {reason}")
 
 
 def _thumbnail(searcher: Searcher, image_id: str, size: int) -> bytes:
-    img = _index_image(searcher, image_id, 404)
+    try:
+        img = load_image(searcher.index.path_of(image_id))
+    except DataError as e:
+        raise _unreadable(searcher, image_id, e, 404) from e
     img.thumbnail((size, size), Image.Resampling.LANCZOS)
     buf = BytesIO()
     img.save(buf, format="JPEG", quality=88)
@@ -341,11 +346,16 @@ def serve(
     engine: str = "exact",
     device: str = "cpu",
     limits: Limits | None = None,
+    options: Any | None = None,
 ) -> None:
-    """Run the app with uvicorn until interrupted."""
+    """Run the app with uvicorn until interrupted (``engine`` and its ``options`` as in
+    :func:`create_app`)."""
     import uvicorn
 
-    app = create_app(index_dir, checkpoint=checkpoint, engine=engine, device=device, limits=limits)
+    app = create_app(
+        index_dir, checkpoint=checkpoint, engine=engine, device=device, limits=limits,
+        options=options,
+    )  # fmt: skip
     log.info("serving %d images on http://%s:%d", len(app.state.searcher.index), host, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
 
