@@ -32,19 +32,20 @@ from dqecir.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dqecir.config import Config, ConfigError, TRNSConfig, config_from_dict
+from dqecir.config import Config, ConfigError, config_from_dict
 from dqecir.data.pipeline import SplitFeatures, TrainQueries, build_features, build_train_queries
 from dqecir.data.types import CIRSplit
 from dqecir.device import resolve_device
 from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
 from dqecir.errors import CheckpointError, DqecirError
 from dqecir.evaluate import validate
+from dqecir.mining import NegativeMiner
 from dqecir.models.attribute import Lexicon, load_lexicon, text_labels
-from dqecir.models.cir import CIRModel, build_model, embed_gallery
+from dqecir.models.cir import CIRModel, build_model
 from dqecir.objective import DQECIRObjective, ObjectiveBatch
 from dqecir.registry import get_benchmark
 from dqecir.runlog import RunLog, drop_temporary_files, open_run_log, truncate_log
-from dqecir.sampling import Exclusions, TRNSSchedule, ZoneSpec, mine_negatives
+from dqecir.sampling import TRNSSchedule
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +275,9 @@ class Trainer:
         )
         t = cfg.trns
         self.schedule = TRNSSchedule(t.warmup_epochs, t.update_interval, t.interval_unit)
-        self.miner = NegativeMiner(self.data, t, cfg.eval.batch_size, self.device, self.dist)
+        self.miner = NegativeMiner(
+            self.data.train_table, self.queries, t, cfg.eval.batch_size, self.device, self.dist
+        )
         self.negatives = torch.full((len(self.queries), t.k), -1, dtype=torch.long)
         self.state = TrainState()
         self.log: RunLog = open_run_log(
@@ -506,63 +509,6 @@ class Trainer:
         self.save("last.safetensors", metrics)
 
 
-class NegativeMiner:
-    """TRNS mining for one run: embeds the pool (every training image) with the current model,
-    embeds each training query, and draws its negatives (:func:`~dqecir.sampling.mine_negatives`).
-    Under torchrun each process embeds its share of the pool and mines its share of the
-    queries; every process ends with every query's negatives."""
-
-    def __init__(
-        self, data: TrainData, cfg: TRNSConfig, batch_size: int, device: torch.device,
-        dist: DistEnv,
-    ) -> None:  # fmt: skip
-        self.data, self.cfg, self.batch_size, self.device, self.dist = (
-            data,
-            cfg,
-            batch_size,
-            device,
-            dist,
-        )
-        self.zone = ZoneSpec(cfg.zone, cfg.zlow, cfg.zhigh, cfg.low, cfg.high, cfg.qlow, cfg.qhigh)
-        qz = data.queries
-        self.rows = dist.share(len(qz))  # the queries this process mines
-        # never negatives (reference + annotated ground truths), built once
-        never = [sorted(set(g) | {r}) for g, r in zip(qz.gts, qz.reference.tolist(), strict=True)]
-        self.excluded = Exclusions(never[self.rows])
-
-    @torch.no_grad()
-    def mine(self, model: CIRModel, tau: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """``[Q, K]`` negatives of every query (-1 where none) and the mining statistics."""
-        t0 = time.perf_counter()
-        model.eval()
-        d, mine, bs, qz = self.dist, self.rows, self.batch_size, self.data.queries
-        images = self.data.train_table.images
-        images = images if not d.active else _Rows(images, d.share(len(images)))
-        pool = d.gather_nograd(embed_gallery(model, images, self.device, bs))  # all of it
-        t_pool = time.perf_counter() - t0
-        qs = []
-        for i in range(mine.start, mine.stop, bs):
-            sl = slice(i, min(i + bs, mine.stop))
-            tf = self.data.train_table.text_batch(qz.text[sl, 0])
-            tf = {k: v.to(self.device) for k, v in tf.items()}
-            qs.append(
-                model.query(self.data.images(qz.reference[sl], self.device), tf)["q_star"].float()
-            )
-        gen = torch.Generator(device=self.device).manual_seed(seed + 7919 * d.rank)
-        res = mine_negatives(
-            torch.cat(qs), pool, qz.target[mine].to(self.device), self.excluded, self.cfg.k,
-            self.zone, tau, dup_threshold=self.cfg.dup_threshold, chunk_size=self.cfg.chunk_size,
-            generator=gen,
-        )  # fmt: skip
-        negatives = d.gather_nograd(res.negatives.to(self.device)).cpu()  # all queries
-        stats = dict(res.stats)
-        if d.active:
-            stats = _merge_mining_stats(d.all_gather_objects((mine.stop - mine.start, stats)))
-        stats["pool_seconds"] = t_pool
-        stats["total_seconds"] = time.perf_counter() - t0
-        return negatives, stats
-
-
 def check_resumable(ck: Checkpoint, cfg: Config, world: int) -> None:
     """A run resumes only with the config and the number of processes that wrote ``ck``."""
     saved = config_from_dict(ck.meta["config"])
@@ -583,39 +529,6 @@ def check_resumable(ck: Checkpoint, cfg: Config, world: int) -> None:
 
 def _size(s: slice) -> int:
     return s.stop - s.start
-
-
-class _Rows:
-    """Rows ``[start, stop)`` of a feature table (tensor or memory-mapped rows), sliced
-    lazily: what :func:`~dqecir.models.cir.embed_gallery` needs of this process's share of
-    the pool."""
-
-    def __init__(self, rows: Any, part: slice) -> None:
-        self.rows, self.part = rows, part
-
-    def __len__(self) -> int:
-        return _size(self.part)
-
-    def __getitem__(self, s: slice) -> torch.Tensor:
-        start, stop, _ = s.indices(len(self))
-        return self.rows[self.part.start + start : self.part.start + stop]
-
-
-def _merge_mining_stats(parts: list[tuple[int, dict[str, float]]]) -> dict[str, float]:
-    """One record from every process's TRNS statistics: query-weighted means (of medians and
-    quantiles too: an approximation), slot counts summed, times the slowest process's."""
-    total = sum(n for n, _ in parts) or 1
-    out: dict[str, float] = {}
-    for key in parts[0][1]:
-        vals = [(n, st[key]) for n, st in parts]
-        if key == "missing_slots":
-            out[key] = sum(v for _, v in vals)
-        elif key.endswith("seconds"):
-            out[key] = max(v for _, v in vals)
-        else:
-            out[key] = sum(n * v for n, v in vals) / total
-    out["processes"] = len(parts)
-    return out
 
 
 def train(
