@@ -331,3 +331,17 @@ def test_searcher_query_takes_a_file_or_an_id_and_leaves_out_the_reference(
             searcher.query("make it red", 5, **kw)
     with pytest.raises(QueryError, match="no image"):
         searcher.query("make it red", 5, image_id="nope.png")
+
+
+@pytest.mark.parametrize("old", ["dqecir.index", "dqecir.engines"])
+def test_old_import_paths_still_work_for_one_release(old, monkeypatch):
+    import importlib
+    import sys
+
+    import dqecir.search as search
+
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match="import from dqecir.search"):
+        module = importlib.import_module(old)
+    assert module.Searcher is search.Searcher and module.build_index is search.build_index
+    assert module.load_index is search.load_index and module.make_engine is search.make_engine

@@ -4,25 +4,8 @@ that ``from dqecir.engines import Searcher, make_engine`` keeps working; import 
 
 import warnings
 
-from dqecir.search import (
-    ExactEngine,
-    FaissEngine,
-    FaissOptions,
-    MissingDependencyError,
-    QdrantEngine,
-    QdrantOptions,
-    SearchEngine,
-    Searcher,
-    SearchResult,
-    check_query,
-    make_engine,
-    open_qdrant,
-    upload_to_qdrant,
-)
-
-__all__ = ["ExactEngine", "FaissEngine", "FaissOptions", "MissingDependencyError",
-           "QdrantEngine", "QdrantOptions", "SearchEngine", "SearchResult", "Searcher",
-           "check_query", "make_engine", "open_qdrant", "upload_to_qdrant"]  # fmt: skip
+from dqecir.search import *  # noqa: F403
+from dqecir.search import __all__  # noqa: F401
 
 warnings.warn(
     "dqecir.engines is deprecated: import from dqecir.search", DeprecationWarning, stacklevel=2

@@ -4,11 +4,8 @@ so that ``from dqecir.index import build_index, load_index`` keeps working; impo
 
 import warnings
 
-from dqecir.search import BuildReport, Index, build_index, list_images, load_index
-from dqecir.search.shards import merge_shards, shard_dir
-
-__all__ = ["BuildReport", "Index", "build_index", "list_images", "load_index", "merge_shards",
-           "shard_dir"]  # fmt: skip
+from dqecir.search import *  # noqa: F403
+from dqecir.search import __all__  # noqa: F401
 
 warnings.warn(
     "dqecir.index is deprecated: import from dqecir.search", DeprecationWarning, stacklevel=2
