@@ -89,7 +89,7 @@ def test_collection_of_another_index_is_refused(tmp_path):
         QdrantEngine(client, collection_name(index), index.embeddings, options)
 
 
-def test_index_and_search_commands_with_the_qdrant_store(tmp_path, capsys):
+def test_index_search_and_serve_commands_with_the_qdrant_store(tmp_path, capsys, monkeypatch):
     make_benchmark("shapes", tmp_path / "bench", seed=0, size="tiny")
     images = tmp_path / "bench" / "cirr"
     cfg = load_config(CONFIG, [f"data.root={images}", f"data.cache_dir={tmp_path / 'cache'}",
@@ -116,3 +116,19 @@ def test_index_and_search_commands_with_the_qdrant_store(tmp_path, capsys):
         results.append(json.loads(capsys.readouterr().out)["results"])
     assert [r["id"] for r in results[1]] == [r["id"] for r in results[0]]
     assert [r["score"] for r in results[1]] == pytest.approx([r["score"] for r in results[0]])
+    # dqecir serve --store qdrant: the same options reach serve() (no bypass) and its app
+    import dqecir.serve.app as app_mod
+
+    seen = {}
+    real_create = app_mod.create_app
+
+    def capture(index_dir, **kw):
+        seen.update(kw)
+        return real_create(index_dir, **kw)
+
+    monkeypatch.setattr(app_mod, "create_app", capture)
+    monkeypatch.setattr("uvicorn.run", lambda app, **kw: seen.update(app=app))
+    assert main(["serve", "--index", str(out), *store]) == 0
+    assert seen["engine"] == "qdrant" and isinstance(seen["options"], QdrantOptions)
+    assert seen["options"].url == str(tmp_path / "qdrant")
+    assert seen["app"].state.searcher.engine.name == "qdrant"
