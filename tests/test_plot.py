@@ -45,7 +45,7 @@ def _records(run: Path) -> list[dict]:
 def test_plot_draws_every_logged_term_zone_statistic_and_metric(runs, tmp_path, capsys):
     out = tmp_path / "runs.png"
     assert main(["plot", str(runs), "--out", str(out)]) == 0  # a folder of runs
-    assert capsys.readouterr().out.strip() == str(out)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == str(out)  # its last line
     done = plot_runs([runs], out)
     assert done.runs == ["baseline-seed0", "full-seed0", "full-seed1"]
     recs = [r for run in runs.iterdir() for r in _records(run)]
