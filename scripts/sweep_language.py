@@ -50,6 +50,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qz_top2_e15": ("baseline+mask", [*QFORMER, *TOP2, "train.epochs=15"]),
     "qz_top1_lrp1e4": ("baseline+mask", [*QFORMER, *TOP1, "train.lr_pretrained=1e-4"]),
     "qz_top2_lrp1e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=1e-4"]),
+    "qz_top1_aw": ("+AW", [*QFORMER, *TOP1]),
+    "qz_top1_aw_htext": ("+AW", [*QFORMER, *TOP1, f"{BB}.h_from=text"]),
     "qz_top2_lrp3e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=3e-4"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",

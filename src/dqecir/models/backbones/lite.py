@@ -153,6 +153,9 @@ class QFormerFusion(nn.Module):
     a small fusion otherwise has to squeeze through ``Nq`` query tokens (measured in
     docs/method.md; off reproduces the plain BLIP-2 structure).
 
+    ``h_from``: what the attribute relevance reads, the text ``[CLS]`` output of the layers
+    (``cls``) or the mean-pooled text states (``text``, width = the text tower's).
+
     ``text_skip``: add a projection of the mean-pooled text states (MiniLM's sentence embedding,
     trained to map paraphrases together) to the query, beside the text ``[CLS]`` path.
     """
@@ -170,8 +173,12 @@ class QFormerFusion(nn.Module):
         dropout: float,
         image_skip: bool = False,
         text_skip: bool = False,
+        h_from: str = "cls",
     ) -> None:
         super().__init__()
+        if h_from not in ("cls", "text"):
+            raise ValueError(f"lite h_from must be cls or text, got {h_from!r}")
+        self.h_from = h_from
         self.num_queries = num_queries
         self.text_skip = (
             nn.Sequential(nn.LayerNorm(text_dim), nn.Linear(text_dim, dim)) if text_skip else None
@@ -225,6 +232,8 @@ class QFormerFusion(nn.Module):
         q = self.query_proj(h) + (self._skip(image)[:, 0] if self.skip is not None else 0.0)
         if self.text_skip is not None:
             q = q + self.text_skip(masked_mean(text, mask))
+        if self.h_from == "text":  # the attribute head reads what the text asks for
+            h = masked_mean(text, mask)
         return F.normalize(q, dim=-1), h
 
 
@@ -317,6 +326,7 @@ class LiteBackbone(Backbone):
         target_pad: float = 1.25,
         image_skip: bool = False,
         text_skip: bool = False,
+        h_from: str = "cls",
         text_layers: int = 0,
         text_trainable: bool = True,
         token_dropout: float = 0.0,
@@ -342,6 +352,7 @@ class LiteBackbone(Backbone):
             max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
             width=width, num_heads=num_heads, combiner_hidden=combiner_hidden,
             dropout=dropout, target_pad=target_pad, image_skip=image_skip, text_skip=text_skip,
+            h_from=h_from,
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
             text_dtype=text_dtype,
         )  # fmt: skip
@@ -385,8 +396,9 @@ class LiteBackbone(Backbone):
                 dropout,
                 image_skip=image_skip,
                 text_skip=text_skip,
+                h_from=h_from,
             )
-            self.num_tokens, self.hidden_dim = num_queries, width
+            self.num_tokens, self.hidden_dim = num_queries, (width if h_from == "cls" else c_txt)
         elif fusion == "combiner":
             self.fusion = CombinerFusion(c_img, c_txt, dim, combiner_hidden, dropout)
             self.num_tokens, self.hidden_dim = 1, dim
