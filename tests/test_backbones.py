@@ -43,6 +43,7 @@ CASES = [
             "text_skip": True,
             "text_layers": 1,
             "token_dropout": 0.2,
+            "h_from": "text",
         },
     ),
     ("blip2", "blip2", {"model_dir": "{blip2}"}),
