@@ -52,3 +52,43 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(path)
     assert cfg.model.backbone in list_backbones()
     assert cfg.data.benchmark in ("cirr", "circo", "fashioniq")
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("train:\n  epochs: " + "9" * 5000 + "\n", "invalid YAML: a number has too many digits"),
+        ("train:\n  lr: " + "9" * 4000 + "\n", "train.lr: the number is too large for a float"),
+    ],
+)
+def test_numbers_python_cannot_hold_in_a_config_file_name_the_file(tmp_path, text, needle):
+    """A 5000-digit integer made PyYAML raise ValueError, a 4000-digit one OverflowError in
+    float(): tracebacks of `dqecir train`; now ConfigErrors naming the file and the problem."""
+    p = tmp_path / "big.yaml"
+    p.write_text(text)
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_config(p)
+    assert str(p) in str(e.value)
+
+
+@pytest.mark.parametrize(
+    ("value", "needle"),
+    [
+        ("9" * 5000, "override train.epochs=...: invalid YAML value: a number has too many"),
+        ("[" * 100_000, "override train.epochs=...: invalid YAML value: nested too deeply"),
+        ("[1, 2", "override train.epochs=...: invalid YAML value"),
+    ],
+)
+def test_set_values_yaml_cannot_read_are_config_errors(value, needle, tmp_path, capsys):
+    """`dqecir train --set KEY=VALUE` with a value PyYAML refuses (or Python cannot hold):
+    exit 2 naming the key, not a traceback (RecursionError / ValueError / ParserError)."""
+    with pytest.raises(ConfigError, match=needle.replace("[", r"\[")):
+        load_config(None, [f"train.epochs={value}"])
+    from dqecir.cli import main
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+    argv = ["train", "--config", str(config), "--out", str(tmp_path / "run")]
+    assert main([*argv, "--set", f"train.epochs={value}"]) == 2
+    err = capsys.readouterr().err
+    assert "override train.epochs=..." in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()

@@ -114,6 +114,8 @@ def test_key_change_invalidates(tmp_path: Path, images: dict[str, Path], caplog)
         ("truncated_array", "does not match"),
         ("missing_manifest", "no manifest"),
         ("ids_edited", "does not match"),
+        ("deep_manifest", "corrupt manifest"),  # RecursionError: was a traceback
+        ("deep_ids", "does not match"),
     ],
 )
 def test_corrupt_store_is_rebuilt(
@@ -138,6 +140,10 @@ def test_corrupt_store_is_rebuilt(
         (store / "manifest.json").unlink()
     elif damage == "ids_edited":
         (gen / "ids.json").write_text(json.dumps(["im0", "im2", "im1"]))
+    elif damage == "deep_manifest":
+        (store / "manifest.json").write_text("[" * 100_000 + "]" * 100_000)
+    elif damage == "deep_ids":
+        (gen / "ids.json").write_text("[" * 100_000 + "]" * 100_000)
     with caplog.at_level(logging.WARNING, logger="dqecir.data.features"):
         again = cache.image_features(c.bb, ids, images, progress=False)
     assert message in caplog.text

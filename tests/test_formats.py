@@ -213,6 +213,19 @@ def test_missing_and_malformed_annotation_files(tmp_path, benchmark, file):
         ("circo", CIRCO_ANN, lambda d: d[0].update(gt_img_ids=[99]), r"target_img_id 11 is not"),
         ("circo", CIRCO_ANN, lambda d: d[0].update(gt_img_ids=["11"]), r"'gt_img_ids': item 0"),
         ("circo", CIRCO_ANN, lambda d: d[0].pop("target_img_id"), r"'target_img_id': missing"),
+        # empty captions: an error naming file, record and field (CIRR: the test below)
+        (
+            "circo",
+            CIRCO_ANN,
+            lambda d: d[1].update(relative_caption=" "),
+            r"#1 \(id 1\), field 'relative_caption'.*caption is empty",
+        ),
+        (
+            "fashioniq",
+            FIQ_CAP,
+            lambda d: d[2].update(captions=["", " "]),
+            r"#2.*field 'captions'.*both captions are empty",
+        ),
     ],
 )
 def test_bad_records(tmp_path, benchmark, file, edit, match):

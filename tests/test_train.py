@@ -216,6 +216,19 @@ def test_set_with_resume_is_refused(bench, tmp_path, capsys):
     assert (run / "last.safetensors").read_bytes() == before
 
 
+def test_resume_log_truncation_drops_lines_that_are_not_records(tmp_path):
+    """A log line nested 100,000 deep (RecursionError) or with a 5000-digit epoch (ValueError)
+    is not a record of this run: dropped like a line cut short, never a traceback."""
+    from dqecir.runlog import truncate_log
+
+    path = tmp_path / "log.jsonl"
+    good = [json.dumps({"event": "epoch", "epoch": e, "step": 4 * e}) for e in (0, 1)]
+    junk = ["[" * 100_000 + "]" * 100_000, '{"event": "step", "epoch": ' + "9" * 5000 + "}"]
+    path.write_text("\n".join([good[0], *junk, good[1]]) + "\n")
+    truncate_log(path, epochs_done=1)
+    assert path.read_text().splitlines() == [good[0]]
+
+
 def _rewrite_checkpoint(path: Path, change) -> None:
     """Write ``path`` again with ``change(tensors)`` applied and a valid checksum: a
     well-formed file whose content does not fit the run."""
@@ -245,6 +258,12 @@ def _resize_moment(t: dict) -> None:
     t[_first(t, "optim.")] = torch.zeros(7, 7)
 
 
+def _nan_weight(t: dict) -> None:
+    k = _first(t, "model.")
+    t[k] = t[k].clone()
+    t[k][0, 0] = float("nan")
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
@@ -253,6 +272,7 @@ def _resize_moment(t: dict) -> None:
         (_transpose_weight, "shape"),
         (lambda t: t.update({"trns.negatives": torch.zeros(3, 1, dtype=torch.long)}), "shape"),
         (_resize_moment, "optimizer"),
+        (_nan_weight, "holds 1 NaN / infinite value(s)"),  # was trained on at NaN loss
     ],
 )
 def test_resume_from_a_checkpoint_that_does_not_fit_is_a_clear_error(

@@ -7,6 +7,7 @@ from the command line. Unknown keys are errors (a typo must not silently train w
 from __future__ import annotations
 
 import dataclasses
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -211,7 +212,10 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"{where}: the number is too large for a float") from None
     if tp is str:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
@@ -233,8 +237,21 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data or {}, "")
 
 
-def _parse_scalar(text: str) -> Any:
-    return yaml.safe_load(text)
+def _yaml_problem(e: BaseException) -> str:
+    """Why a YAML text could not be read, in a user's words (PyYAML raises ValueError for an
+    integer of thousands of digits and RecursionError for nesting thousands deep)."""
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    if "integer string conversion" in str(e):
+        return f"a number has too many digits (more than {sys.get_int_max_str_digits()})"
+    return str(e)
+
+
+def _parse_scalar(key: str, text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except (yaml.YAMLError, ValueError, RecursionError) as e:
+        raise ConfigError(f"override {key}=...: invalid YAML value: {_yaml_problem(e)}") from None
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -249,7 +266,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {p} is not a section")
-        node[parts[-1]] = _parse_scalar(raw)
+        node[parts[-1]] = _parse_scalar(key.strip(), raw)
     return data
 
 
@@ -264,8 +281,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p}: invalid YAML: {e}") from e
-        except RecursionError:
-            raise ConfigError(f"config file {p}: invalid YAML: nested too deeply") from None
+        except (ValueError, RecursionError) as e:  # digits / nesting Python cannot hold
+            raise ConfigError(f"config file {p}: invalid YAML: {_yaml_problem(e)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config file {p}: expected a mapping at the top level")
     data = apply_overrides(data, overrides or [])

@@ -105,7 +105,7 @@ def truncate_log(path: Path, epochs_done: int) -> None:
         try:
             record = json.loads(line)
             keep = int(record["epoch"]) < epochs_done
-        except (ValueError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError, RecursionError):  # not a record of ours
             keep = False
         if keep:
             kept.append(line)

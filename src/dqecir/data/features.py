@@ -157,7 +157,7 @@ class _Store:
             manifest = json.loads(self.manifest_path.read_text(encoding="utf-8"))
             if not isinstance(manifest, dict):
                 raise ValueError("manifest is not a JSON object")
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError, RecursionError) as e:  # RecursionError: nested too deep
             self._rebuild(f"corrupt manifest ({e})")
             return None
         if manifest.get("key") != key:
@@ -167,7 +167,7 @@ class _Store:
             return None
         try:
             return self._load(manifest, hashed)
-        except (OSError, ValueError, KeyError, TypeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             self._rebuild(f"does not match its manifest ({e})")
             return None
 
