@@ -18,6 +18,19 @@ def test_yaml_overrides_and_round_trip(tmp_path):
     assert again == cfg
 
 
+def test_exponent_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
+    """YAML 1.1 reads "1e-4" (no dot) as a string; a float field takes it as the number."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  lr: 3e-4\n")
+    cfg = load_config(p, ["train.lr_pretrained=1e-4", "loss.temperature=7E-2"])
+    assert cfg.train.lr == 3e-4 and cfg.train.lr_pretrained == 1e-4
+    assert cfg.loss.temperature == 0.07
+    with pytest.raises(ConfigError, match="train.epochs"):  # an integer field is not a float
+        load_config(None, ["train.epochs=1e1"])
+    with pytest.raises(ConfigError, match="train.lr"):
+        load_config(None, ["train.lr=1e-4x"])
+
+
 @pytest.mark.parametrize(
     "text, needle",
     [

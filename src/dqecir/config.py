@@ -7,6 +7,7 @@ from the command line. Unknown keys are errors (a typo must not silently train w
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 import typing
 from dataclasses import dataclass, field
@@ -16,6 +17,9 @@ from typing import Any
 import yaml
 
 from dqecir.errors import DqecirError
+
+# A number in exponent form without a dot ("1e-4"), which YAML 1.1 reads as a string.
+YAML11_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
 
 
 class ConfigError(DqecirError):
@@ -210,6 +214,8 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str) and YAML11_FLOAT.fullmatch(value.strip()):
+            value = float(value)  # "1e-4": YAML 1.1 reads an exponent without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
