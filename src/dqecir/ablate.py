@@ -1,4 +1,4 @@
-"""``dqecir ablate``: baseline | +AW | +TRNS | full, same backbone, data, steps and seeds.
+"""``dqecir ablate``: baseline | baseline+mask | +AW | +TRNS | full, same backbone, data, steps and seeds.
 
 The config file describes the full method; the variants switch its parts off:
 

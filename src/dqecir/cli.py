@@ -344,12 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.set_defaults(func=_cmd_evaluate)
 
-    ab = sub.add_parser("ablate", help="baseline | +AW | +TRNS | full over seeds, with a table")
+    ab = sub.add_parser(
+        "ablate", help="baseline | baseline+mask | +AW | +TRNS | full over seeds, with a table"
+    )
     ab.add_argument("--config", required=True, help="config of the full method")
     ab.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ab.add_argument("--out", required=True)
     ab.add_argument("--split", help="split scored (default: the config's test split)")
-    ab.add_argument("--variants", nargs="+", help="subset of baseline +AW +TRNS full")
+    ab.add_argument("--variants", nargs="+", help="subset of baseline baseline+mask +AW +TRNS full")
     ab.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     ab.set_defaults(func=_cmd_ablate)
 
@@ -374,7 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ix = sub.add_parser("index", help="embed a folder of images into a search index (resumable)")
     ix.add_argument("--checkpoint", required=True, help="checkpoint file or run folder")
-    ix.add_argument("--images", required=True, help="folder of images (jpg, png, webp; recursive)")
+    ix.add_argument(
+        "--images", required=True, help="folder of images (jpg, jpeg, png, webp; recursive)"
+    )
     ix.add_argument("--out", required=True, help="index folder")
     ix.add_argument("--batch-size", type=int, default=64)
     ix.add_argument("--dtype", choices=["float16", "float32"], default="float16")
