@@ -19,3 +19,17 @@ def test_demo_writes_table_and_grid(tmp_path, monkeypatch):
     assert "| tiny baseline (L_itc) |" in text and "| tiny DQE-CIR (full) |" in text
     assert "map@10" in text
     assert (tmp_path / "out" / "queries.png").stat().st_size > 5000
+
+
+def test_every_demo_row_is_a_valid_config():
+    """The real rows (lite, default size) are too slow for a test; their overrides must load."""
+    from dqecir.ablate import variant_overrides
+    from dqecir.config import load_config
+
+    cfg = demo.CONFIG_DIR / "lite_fmnist.yaml"
+    for m in demo.MODELS:
+        variant = variant_overrides(load_config(cfg), m.variant)
+        c = load_config(cfg, [*variant, *m.overrides])
+        kw = c.model.backbone_kwargs
+        assert kw["text_layers"] == 2  # every row shares one text cache
+        assert kw.get("text_trainable", True) == ("qformer" in m.name)
