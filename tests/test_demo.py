@@ -2,6 +2,8 @@
 
 from pathlib import Path
 
+import pytest
+
 from dqecir import demo
 
 
@@ -21,12 +23,14 @@ def test_demo_writes_table_and_grid(tmp_path, monkeypatch):
     assert (tmp_path / "out" / "queries.png").stat().st_size > 5000
 
 
-def test_every_demo_row_is_a_valid_config():
+@pytest.mark.parametrize("kind", ["fmnist", "shapes"])
+def test_every_demo_row_is_a_valid_config(kind):
     """The real rows (lite, default size) are too slow for a test; their overrides must load."""
     from dqecir.ablate import variant_overrides
     from dqecir.config import load_config
 
-    cfg = demo.CONFIG_DIR / "lite_fmnist.yaml"
+    cfg = demo.CONFIG_DIR / f"lite_{kind}.yaml"
+    assert load_config(cfg).data.make["kind"] == kind
     for m in demo.MODELS:
         variant = variant_overrides(load_config(cfg), m.variant)
         c = load_config(cfg, [*variant, *m.overrides])

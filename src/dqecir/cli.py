@@ -140,7 +140,9 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from dqecir.demo import run_demo
 
-    run_demo(Path(args.data), Path(args.out), size=args.size, overrides=args.set or [])
+    run_demo(
+        Path(args.data), Path(args.out), size=args.size, overrides=args.set or [], kind=args.kind
+    )
     return 0
 
 
@@ -358,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     de = sub.add_parser("demo", help="the main job: build fmnist, train lite, compare baselines")
     de.add_argument("--data", default="data", help="where benchmarks are built")
     de.add_argument("--out", default="demo", help="results folder")
+    de.add_argument(
+        "--kind",
+        default="fmnist",
+        choices=["fmnist", "shapes"],
+        help="embedded benchmark (configs/lite_<kind>.yaml; default fmnist)",
+    )
     de.add_argument("--size", choices=_Lazy(_sizes), metavar="SIZE", default="default")
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
     de.set_defaults(func=_cmd_demo)

@@ -83,7 +83,7 @@ def run_demo(
     from dqecir.train import train
 
     t_start = time.perf_counter()
-    config = config or CONFIG_DIR / "lite_fmnist.yaml"
+    config = config or CONFIG_DIR / f"lite_{kind}.yaml"
     out.mkdir(parents=True, exist_ok=True)
     bench = data / f"{kind}-{size}"
     if not (bench / "cirr").exists():
@@ -105,7 +105,8 @@ def run_demo(
         times[m.name] = time.perf_counter() - t0
         best_ckpt[m.name] = ckpt
     results = out / "results.md"
-    results.write_text(_markdown(rows, times, size, time.perf_counter() - t_start))
+    total = time.perf_counter() - t_start
+    results.write_text(_markdown(rows, times, size, total, kind, Path(config).name))
     (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": times}, indent=1))
     grid = out / "queries.png"
     draw_grid(best_ckpt[MODELS[-1].name], bench / "cirr", grid, n=grid_queries)
@@ -130,19 +131,24 @@ def _kept(m: dict[str, float], prefix: str, k: str) -> str:
 
 
 def _markdown(
-    rows: dict[str, dict[str, float]], times: dict[str, float], size: str, total: float
+    rows: dict[str, dict[str, float]],
+    times: dict[str, float],
+    size: str,
+    total: float,
+    kind: str = "fmnist",
+    config: str = "lite_fmnist.yaml",
 ) -> str:
     lines = [
-        "# Demo results: fmnist test1 (reference removed)",
+        f"# Demo results: {kind} test1 (reference removed)",
         "",
-        f"Benchmark `fmnist` ({size} size, seed 0). Models trained on its train split (train "
+        f"Benchmark `{kind}` ({size} size, seed 0). Models trained on its train split (train "
         "phrasing only) with the baseline loss (L_itc with the in-batch ground-truth mask) unless "
         "the row says DQE-CIR (full method: attribute subspaces + TRNS), best epoch on val (seen "
         "phrasing), scored on test1 (reference removed) as written (seen phrasing) and with the "
         "same queries in held-out phrasing: unseen (new sentence forms and new words), new forms "
         "only, new words only. The qformer rows train MiniLM's top 2 layers with the fusion "
         "(token dropout 0.1); the reference rows keep it frozen. Produced by `make demo` "
-        "(configs/lite_fmnist.yaml with the overrides in dqecir/demo.py).",
+        f"(configs/{config} with the overrides in dqecir/demo.py).",
         "",
         "| model | " + " | ".join(TABLE_KEYS) + " | s |",
         "|---|" + "---|" * (len(TABLE_KEYS) + 1),
