@@ -53,6 +53,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qz_top1_aw": ("+AW", [*QFORMER, *TOP1]),
     "qz_top1_aw_htext": ("+AW", [*QFORMER, *TOP1, f"{BB}.h_from=text"]),
     "qz_top2_lrp3e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=3e-4"]),
+    "qz_top2_aw": ("+AW", [*QFORMER, *TOP2]),
+    "qz_top2_aw_htext": ("+AW", [*QFORMER, *TOP2, f"{BB}.h_from=text"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip
