@@ -19,12 +19,15 @@ def test_yaml_overrides_and_round_trip(tmp_path):
 
 
 def test_exponent_numbers_yaml_reads_as_strings_are_numbers(tmp_path):
-    """YAML 1.1 reads "1e-4" (no dot) as a string; a float field takes it as the number."""
+    """YAML 1.1 reads "1e-4" (no dot) as a string; config files and overrides read it as the
+    number, in typed and free-form fields alike."""
     p = tmp_path / "c.yaml"
     p.write_text("train:\n  lr: 3e-4\n")
     cfg = load_config(p, ["train.lr_pretrained=1e-4", "loss.temperature=7E-2"])
     assert cfg.train.lr == 3e-4 and cfg.train.lr_pretrained == 1e-4
     assert cfg.loss.temperature == 0.07
+    free = load_config(None, ["model.backbone_kwargs.token_dropout=1e-1"])  # a free-form field
+    assert free.model.backbone_kwargs == {"token_dropout": 0.1}
     with pytest.raises(ConfigError, match="train.epochs"):  # an integer field is not a float
         load_config(None, ["train.epochs=1e1"])
     with pytest.raises(ConfigError, match="train.lr"):

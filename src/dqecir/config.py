@@ -18,8 +18,22 @@ import yaml
 
 from dqecir.errors import DqecirError
 
-# A number in exponent form without a dot ("1e-4"), which YAML 1.1 reads as a string.
-YAML11_FLOAT = re.compile(r"[-+]?[0-9]+(\.[0-9]*)?[eE][-+]?[0-9]+")
+
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader that also reads an exponent number without a dot ("1e-4") as a
+    float, as YAML 1.2 does (YAML 1.1 makes it a string), in every field, free-form ones such
+    as ``model.backbone_kwargs`` included."""
+
+
+_ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?[0-9]+(?:\.[0-9]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader: no Python objects
 
 
 class ConfigError(DqecirError):
@@ -214,8 +228,6 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
             raise ConfigError(f"{where}: expected an integer, got {value!r}")
         return value
     if tp is float:
-        if isinstance(value, str) and YAML11_FLOAT.fullmatch(value.strip()):
-            value = float(value)  # "1e-4": YAML 1.1 reads an exponent without a dot as a string
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
         try:
@@ -255,7 +267,7 @@ def _yaml_problem(e: BaseException) -> str:
 
 def _parse_scalar(key: str, text: str) -> Any:
     try:
-        return yaml.safe_load(text)
+        return _read_yaml(text)
     except (yaml.YAMLError, ValueError, RecursionError) as e:
         raise ConfigError(f"override {key}=...: invalid YAML value: {_yaml_problem(e)}") from None
 
@@ -284,7 +296,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file {p} does not exist")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = _read_yaml(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"config file {p}: invalid YAML: {e}") from e
         except (ValueError, RecursionError) as e:  # digits / nesting Python cannot hold

@@ -135,8 +135,8 @@ def _markdown(
     times: dict[str, float],
     size: str,
     total: float,
-    kind: str = "fmnist",
-    config: str = "lite_fmnist.yaml",
+    kind: str,
+    config: str,
 ) -> str:
     lines = [
         f"# Demo results: {kind} test1 (reference removed)",
