@@ -8,5 +8,7 @@ echo "== training throughput (feature cache vs none)"
 $PY benchmarks/train_throughput.py --root "$DATA/fmnist-default/cirr"
 echo "== TRNS cost share of an epoch"
 $PY benchmarks/trns_cost.py --set "data.root=$DATA/fmnist-default/cirr"
+echo "== TRNS step: distinct negatives encoded once vs per slot"
+$PY benchmarks/trns_step.py --steps 4 --set "data.root=$DATA/fmnist-default/cirr"
 echo "== search engines"
 OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md

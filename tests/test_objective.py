@@ -98,3 +98,38 @@ def test_trns_terms_score_each_query_against_its_own_negatives():
     hinge = (100.0 * tau - pos.unsqueeze(1) + neg)[valid]
     assert float(terms["rank_active"]) == pytest.approx(1.0)
     assert float(terms["rank"]) == pytest.approx(float(hinge.mean()), rel=1e-5)
+
+
+def test_distinct_negatives_encoded_once_give_the_per_slot_terms_and_gradients():
+    """The Trainer passes each distinct negative image once plus a slot index; terms and
+    gradients must equal those of one encoded row per slot."""
+    model = _model()
+    model.eval()  # no dropout: both ways see the same network
+    cfg = LossConfig(w_kl=1.0, w_rank=0.5, w_attr=0.25, kl_inbatch=True)
+    obj = DQECIRObjective(cfg, [[10 + i] for i in range(B)], trns=True)
+    per_slot = _batch(model)
+    # negatives that repeat across queries, as mined from one pool
+    per_slot.negatives = torch.tensor(
+        [[0, 1, 2], [1, 2, 3], [0, 3, 3], [2, 2, 1], [4, 0, -1], [4, 1, 0]]
+    )
+    pool = per_slot.negative_feats[:5]
+    per_slot.negative_feats = pool[per_slot.negatives.clamp(min=0).flatten()]
+    distinct, slot = torch.unique(per_slot.negatives.clamp(min=0).flatten(), return_inverse=True)
+    once = replace(per_slot, negative_feats=pool[distinct], negative_index=slot)
+    assert len(once.negative_feats) == 5 < B * K
+
+    def run(batch):
+        model.zero_grad()
+        terms = obj(model, batch)
+        terms["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in terms.items()}, grads
+
+    t1, g1 = run(per_slot)
+    t2, g2 = run(once)
+    assert {"kl", "rank"} <= set(t1)
+    for k in t1:
+        assert torch.allclose(t1[k], t2[k], atol=1e-6), k
+    assert g1.keys() == g2.keys() and g1
+    for n in g1:
+        assert torch.allclose(g1[n], g2[n], atol=1e-5), n

@@ -54,7 +54,12 @@ class ObjectiveBatch:
     """``[B, K]`` TRNS negatives (pool rows, ``-1`` where none) of this process's rows; None
     before the first mining or without TRNS."""
     negative_feats: torch.Tensor | None = None
-    """``[B * K, ...]`` frozen image features of ``negatives`` (padding read as row 0)."""
+    """Frozen image features of ``negatives`` (padding read as row 0): ``[B * K, ...]``, one row
+    per slot, or with ``negative_index`` each distinct image once."""
+    negative_index: torch.Tensor | None = None
+    """``[B * K]``: the row of ``negative_feats`` of each negative slot when that tensor holds each
+    distinct image once (a batch's negatives repeat: mined from one pool, the same image is a
+    negative of many queries, so it is encoded once per step); None: one row per slot."""
     offset: int = 0
     """Position of this process's first row in the whole batch."""
 
@@ -151,13 +156,19 @@ class DQECIRObjective(nn.Module):
         valid = (negs >= 0).to(device)
         neg_tokens = model.gallery_tokens(batch.negative_feats)
         n_idx = model.to_index(neg_tokens).float()
+        img_n = pooled(neg_tokens.float()).detach() if cfg.w_kl > 0 else None
+        if batch.negative_index is not None:  # distinct images -> slots
+            slot = batch.negative_index.to(device)
+            n_idx = n_idx[slot]
+            img_n = img_n[slot] if img_n is not None else None
         s_neg = similarity(q_star, n_idx.view(n, k, *n_idx.shape[1:]))  # [B, K]
         s_pos = scores.diagonal(offset)
         out: dict[str, torch.Tensor] = {}
         if cfg.w_kl > 0:
             # soft targets: how much each candidate looks like the target itself (s_img)
             img_t = pooled(tgt_tokens.float()).detach()
-            img_n = pooled(neg_tokens.float()).detach().view(n, k, 1, -1)
+            assert img_n is not None
+            img_n = img_n.view(n, k, 1, -1)
             m_scores = torch.cat([s_pos.unsqueeze(1), s_neg], 1)
             i_scores = torch.cat([torch.ones_like(s_pos).unsqueeze(1), similarity(img_t, img_n)], 1)
             kvalid = torch.cat([torch.ones_like(valid[:, :1]), valid], 1)

@@ -310,6 +310,15 @@ class Trainer:
     def step_losses(self, b: torch.Tensor, gen: torch.Generator) -> dict[str, torch.Tensor]:
         """Loss terms of the batch ``b`` (the global batch under torchrun: this process encodes
         its share of the rows, see :mod:`dqecir.objective`)."""
+        batch = self.objective_batch(b)
+        with self._autocast():
+            return self.objective(self.model, batch)
+
+    def objective_batch(self, b: torch.Tensor, distinct_negatives: bool = True) -> ObjectiveBatch:
+        """This process's share of batch ``b`` as the objective reads it. TRNS negatives repeat
+        across a batch's queries (mined from one pool): each distinct image is passed, and then
+        encoded, once; ``distinct_negatives=False`` passes one row per slot (the way before,
+        kept for benchmarks/trns_step.py)."""
         qz, data = self.queries, self.data
         choice = qz.options_of_epoch(b, self.state.epoch, data.text_offset)
         trows_all, mine = qz.text[b, choice], self.dist.share(len(b))
@@ -325,9 +334,11 @@ class Trainer:
         )
         if self.objective.uses_negatives and self.state.trns_updates > 0:
             batch.negatives = self.negatives[rows]
-            batch.negative_feats = data.images(batch.negatives.clamp(min=0).flatten(), self.device)
-        with self._autocast():
-            return self.objective(self.model, batch)
+            slots = batch.negatives.clamp(min=0).flatten()
+            if distinct_negatives:
+                slots, batch.negative_index = torch.unique(slots, return_inverse=True)
+            batch.negative_feats = data.images(slots, self.device)
+        return batch
 
     def _step(self, b: torch.Tensor, gen: torch.Generator) -> tuple[dict[str, float], float]:
         """One optimizer step on batch ``b``; returns its terms (the mean over processes) and
