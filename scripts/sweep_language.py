@@ -55,6 +55,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qz_top2_lrp3e4": ("baseline+mask", [*QFORMER, *TOP2, "train.lr_pretrained=3e-4"]),
     "qz_top2_aw": ("+AW", [*QFORMER, *TOP2]),
     "qz_top2_aw_htext": ("+AW", [*QFORMER, *TOP2, f"{BB}.h_from=text"]),
+    # the value term of L_attr (loss.attr_value), against qz_top2_aw
+    "qz_top2_aw_value05": ("+AW", [*QFORMER, *TOP2, "loss.attr_value=0.5"]),
+    "qz_top2_aw_value2": ("+AW", [*QFORMER, *TOP2, "loss.attr_value=2.0"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

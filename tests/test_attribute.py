@@ -106,3 +106,54 @@ def test_attribute_loss_trains_relevance_toward_labels():
         first = first if first is not None else float(out["attr_bce"])
     assert float(out["attr_bce"]) < 0.5 * first
     assert float(out["attr_nce"]) >= 0
+
+
+def test_value_labels_name_one_value_or_none():
+    from dqecir.models.attribute import value_labels
+
+    lex = Lexicon(
+        {
+            "color": {"red": ["red", "dark red"], "blue": ["blue"], "black": ["black"]},
+            "shape": {"sneaker": ["sneaker", "sneakers"], "boot": ["ankle boot"]},
+        }
+    )
+    assert lex.named_values("Make it DARK RED", "color") == {"red"}
+    assert lex.named_values("not red but blue", "color") == {"red", "blue"}
+    assert lex.named_values("predicted", "color") == set()
+    texts = ["make it dark red", "a blue sneaker", "not red but blue", "as ankle boots", "same"]
+    got = value_labels(lex, texts, ["color", "shape"])
+    # values index lexicon.values(a): color red 0, blue 1, black 2; shape sneaker 0, boot 1
+    assert got.tolist() == [[0, -1], [1, 0], [-1, -1], [-1, -1], [-1, -1]]
+    assert value_labels(None, texts, ["color"]).eq(-1).all()
+
+
+def test_value_term_pulls_queries_to_every_target_of_the_named_value():
+    """Two queries that name the same colour share their targets as positives: the term is lower
+    when the query's colour embedding sits near all targets of its value than near its own target
+    alone, and training on it makes the query's colour space predict the value."""
+    torch.manual_seed(0)
+    aw = AttributeWeights("subspace", 8, 4, ["color", "shape"], subspace_dim=4)
+    values = torch.tensor([[0, -1], [0, -1], [1, -1], [1, -1], [-1, 0], [2, -1]])
+    centre = F.normalize(torch.randn(3, 8), dim=-1)
+    t = F.normalize(centre[values[:, 0].clamp(min=0)] + 0.05 * torch.randn(6, 8), dim=-1)
+    tau = torch.tensor(0.1)
+    q = torch.randn(6, 8, requires_grad=True)
+    opt = torch.optim.Adam([q, *aw.parameters()], lr=0.05)
+    first = float(AttributeLoss.value_term(aw, q, t, values, tau))
+    for _ in range(150):
+        loss = AttributeLoss.value_term(aw, q, t, values, tau)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first
+    labelled = values[:, 0] >= 0
+    qa = aw.attribute_space(q.detach()[labelled], 0)
+    ta = aw.attribute_space(t[labelled], 0)
+    v = values[labelled, 0]
+    assert (v[(qa @ ta.T).argmax(1)] == v).all()  # nearest labelled target has the named value
+    # off unless weighted; on: named and added to attr
+    h, labels = torch.randn(6, 4), torch.ones(6, 2)
+    off = AttributeLoss(1.0, 0.0)(aw, h, q, t, labels, tau, values)
+    on = AttributeLoss(1.0, 0.0, 0.5)(aw, h, q, t, labels, tau, values)
+    assert "attr_value" not in off and "attr_value" in on
+    assert torch.allclose(on["attr"], off["attr"] + 0.5 * on["attr_value"])

@@ -133,3 +133,21 @@ def test_distinct_negatives_encoded_once_give_the_per_slot_terms_and_gradients()
     assert g1.keys() == g2.keys() and g1
     for n in g1:
         assert torch.allclose(g1[n], g2[n], atol=1e-5), n
+
+
+def test_value_term_of_l_attr_enters_the_loss_when_weighted():
+    model = _model("subspace")
+    batch = _batch(model, negatives=False)
+    batch.values = torch.tensor([[0, -1], [0, 1], [1, 1], [1, -1], [-1, 0], [2, 0]])
+    gts = [[10 + i] for i in range(B)]
+    off = DQECIRObjective(LossConfig(w_attr=0.5), gts)(model, batch)
+    on_obj = DQECIRObjective(LossConfig(w_attr=0.5, attr_value=0.25), gts)
+    on = on_obj(model, batch)
+    assert "attr_value" not in off and float(on["attr_value"]) > 0
+    assert torch.allclose(on["loss"], off["loss"] + 0.5 * 0.25 * on["attr_value"], atol=1e-6)
+    model.zero_grad()
+    on_obj.attr.value_term(
+        model.aw, model.query(batch.reference, batch.text)["q"],
+        model.gallery_tokens(batch.target).float().mean(1), batch.values, model.temperature(),
+    ).backward()  # fmt: skip
+    assert model.aw.proj.grad is not None and model.aw.proj.grad.abs().sum() > 0

@@ -328,3 +328,22 @@ def test_evaluate_refuses_a_checkpoint_with_a_nan_written_into_it(bench, tmp_pat
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "do not match the checksum" in err and "best.safetensors" in err
+
+
+def test_value_term_labels_come_from_the_train_lexicon_and_reach_the_log(bench, tmp_path):
+    trainer = Trainer(
+        _cfg(bench, tmp_path, "model.attribute_weights=subspace", "loss.w_attr=0.5",
+             "loss.attr_value=0.5", "train.log_every=1", "train.epochs=1"),
+        tmp_path,
+    )  # fmt: skip
+    data = trainer.data
+    vals = data.value_labels
+    assert vals is not None and vals.shape == data.text_labels.shape
+    # a text names a value of an attribute only where the lexicon marks that attribute
+    assert not ((vals >= 0) & (data.text_labels < 0.5)).any()
+    assert (vals >= 0).float().mean() > 0.3
+    trainer.fit()
+    steps = _steps(tmp_path)
+    assert all("attr_value" in s and s["attr_value"] > 0 for s in steps)
+    off = Trainer(_cfg(bench, tmp_path, "model.attribute_weights=subspace"), tmp_path)
+    assert off.data.value_labels is None

@@ -102,6 +102,9 @@ class LossConfig:
     """The per-attribute in-batch InfoNCE of L_attr; off by default: it hurt on val
     (docs/method.md)."""
     attr_value: float = 0.0
+    """The value term of L_attr (a weight): the value a text names ("red") as a label of the
+    target's attribute embedding, every target of that value a positive of the query
+    (:class:`dqecir.losses.AttributeLoss`); measured in docs/method.md."""
 
 
 @dataclass

@@ -115,12 +115,16 @@ class MarginRank(nn.Module):
 
 class AttributeLoss(nn.Module):
     """``L_attr``: (a) BCE between ``alpha`` and the lexicon labels; (b) for each attribute a text
-    mentions, in-batch InfoNCE in that attribute's weighted subspace."""
+    mentions, in-batch InfoNCE in that attribute's weighted subspace; (c) the value term: for
+    each attribute, the query's attribute embedding against the targets' in the batch, every
+    target whose text names the same value ("red") a positive (multi-positive InfoNCE), so the
+    attribute subspace carries the value the words ask for, whatever the reference."""
 
-    def __init__(self, w_bce: float = 1.0, w_nce: float = 1.0) -> None:
+    def __init__(self, w_bce: float = 1.0, w_nce: float = 1.0, w_value: float = 0.0) -> None:
         super().__init__()
         self.w_bce = w_bce
         self.w_nce = w_nce
+        self.w_value = w_value
 
     def forward(
         self,
@@ -130,14 +134,16 @@ class AttributeLoss(nn.Module):
         t_pooled: torch.Tensor,
         labels: torch.Tensor,
         tau: torch.Tensor,
+        values: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``q``: un-weighted queries ``[B, d]``; ``t_pooled``: pooled target embeddings ``[B, d]``;
-        ``labels``: ``[B, A]`` lexicon labels (0/1)."""
+        ``labels``: ``[B, A]`` lexicon labels (0/1); ``values``: ``[B, A]`` the value index each
+        text names per attribute, -1 for none (:func:`dqecir.models.attribute.value_labels`)."""
         logits = aw.relevance_logits(h)
         bce = F.binary_cross_entropy_with_logits(logits, labels.float())
         nce = q.new_zeros((), dtype=torch.float32)
         n_terms = 0
-        for a in range(len(aw.attributes)):
+        for a in range(len(aw.attributes)) if self.w_nce > 0 else ():
             rows = labels[:, a] > 0.5
             if rows.sum() < 2:
                 continue
@@ -150,4 +156,35 @@ class AttributeLoss(nn.Module):
         if n_terms:
             nce = nce / n_terms
         total = self.w_bce * bce + self.w_nce * nce
-        return {"attr": total, "attr_bce": bce.detach(), "attr_nce": nce.detach()}
+        out = {"attr_bce": bce.detach(), "attr_nce": nce.detach()}
+        if self.w_value > 0 and values is not None:
+            value = self.value_term(aw, q, t_pooled, values, tau)
+            total = total + self.w_value * value
+            out["attr_value"] = value.detach()
+        out["attr"] = total
+        return out
+
+    @staticmethod
+    def value_term(
+        aw: AttributeWeights,
+        q: torch.Tensor,
+        t_pooled: torch.Tensor,
+        values: torch.Tensor,
+        tau: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean over attributes (with at least two labelled rows) of
+        ``-log sum_{j: v_j = v_i} softmax_j(<P_a q_i, P_a t_j> / tau)`` over the labelled rows."""
+        loss = q.new_zeros((), dtype=torch.float32)
+        n_terms = 0
+        for a in range(len(aw.attributes)):
+            rows = values[:, a] >= 0
+            if rows.sum() < 2:
+                continue
+            v = values[rows, a]
+            qa = aw.attribute_space(q[rows].float(), a)
+            ta = aw.attribute_space(t_pooled[rows].float(), a)
+            logp = torch.log_softmax(qa @ ta.T / tau, dim=1)
+            same = v.unsqueeze(1) == v.unsqueeze(0)
+            loss = loss - torch.logsumexp(logp.masked_fill(~same, float("-inf")), dim=1).mean()
+            n_terms += 1
+        return loss / max(n_terms, 1)

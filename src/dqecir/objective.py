@@ -50,6 +50,9 @@ class ObjectiveBatch:
     """``[B_all]`` image rows of the whole batch's targets."""
     labels: torch.Tensor | None = None
     """``[B_all, A]`` lexicon labels of the whole batch's texts (``L_attr``)."""
+    values: torch.Tensor | None = None
+    """``[B_all, A]`` the value each text names per attribute (-1: none), for the value term of
+    ``L_attr`` (``loss.attr_value``); None when that term is off."""
     negatives: torch.Tensor | None = None
     """``[B, K]`` TRNS negatives (pool rows, ``-1`` where none) of this process's rows; None
     before the first mining or without TRNS."""
@@ -92,7 +95,7 @@ class DQECIRObjective(nn.Module):
         self.itc = ITCLoss()
         self.kl = RelevanceKL(cfg.tau_soft)
         self.rank = MarginRank()
-        self.attr = AttributeLoss(cfg.attr_bce, cfg.attr_nce)
+        self.attr = AttributeLoss(cfg.attr_bce, cfg.attr_nce, cfg.attr_value)
 
     def in_batch_mask(self, queries: torch.Tensor, targets: torch.Tensor) -> torch.Tensor | None:
         """``[B_all, B_all]``: whether batch target ``j`` is an annotated ground truth of batch
@@ -128,7 +131,15 @@ class DQECIRObjective(nn.Module):
         if model.aw is not None and self.cfg.w_attr > 0 and batch.labels is not None:
             t_pooled = gather(pooled(tgt_tokens.float()))
             terms.update(
-                self.attr(model.aw, gather(qo["h"]), gather(qo["q"]), t_pooled, batch.labels, tau)
+                self.attr(
+                    model.aw,
+                    gather(qo["h"]),
+                    gather(qo["q"]),
+                    t_pooled,
+                    batch.labels,
+                    tau,
+                    batch.values,
+                )  # fmt: skip
             )
             total = total + self.cfg.w_attr * terms["attr"]
         terms["loss"] = total

@@ -40,7 +40,7 @@ from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_d
 from dqecir.errors import CheckpointError, DqecirError
 from dqecir.evaluate import validate
 from dqecir.mining import NegativeMiner
-from dqecir.models.attribute import Lexicon, load_lexicon, text_labels
+from dqecir.models.attribute import Lexicon, load_lexicon, text_labels, value_labels
 from dqecir.models.cir import CIRModel, build_model
 from dqecir.objective import DQECIRObjective, ObjectiveBatch
 from dqecir.registry import get_benchmark
@@ -184,6 +184,9 @@ class TrainData:
     """``[texts, A]`` lexicon labels of every training text (``L_attr``)."""
     text_offset: torch.Tensor
     """``[Q]``: each query reads its phrasings in turn from its own starting point (seeded)."""
+    value_labels: torch.Tensor | None = None
+    """``[texts, A]`` the value each training text names per attribute (-1: none), when the
+    value term of ``L_attr`` is on (``loss.attr_value > 0``)."""
 
     def images(self, rows: torch.Tensor, device: torch.device) -> torch.Tensor:
         """Frozen features of training images ``rows`` (kept on the CPU), on ``device``."""
@@ -213,8 +216,13 @@ def load_train_data(cfg: Config, model: CIRModel, device: torch.device, dist: Di
         0, 1 << 30, (len(queries),), generator=torch.Generator().manual_seed(cfg.train.seed)
     )
     labels = text_labels(lexicon, train_table.texts, model.attributes)
+    values = None
+    if cfg.loss.attr_value > 0 and cfg.model.attribute_weights != "none":
+        if lexicon is None:
+            raise ConfigError("loss.attr_value > 0 needs a lexicon (data.lexicon)")
+        values = value_labels(lexicon, train_table.texts, model.attributes)
     return TrainData(
-        train_splits, val_splits, train_table, val_table, queries, lexicon, labels, offset
+        train_splits, val_splits, train_table, val_table, queries, lexicon, labels, offset, values
     )
 
 
@@ -332,6 +340,8 @@ class Trainer:
             labels=data.text_labels[trows_all].to(self.device),
             offset=mine.start,
         )
+        if data.value_labels is not None:
+            batch.values = data.value_labels[trows_all].to(self.device)
         if self.objective.uses_negatives and self.state.trns_updates > 0:
             batch.negatives = self.negatives[rows]
             slots = batch.negatives.clamp(min=0).flatten()

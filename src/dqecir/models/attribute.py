@@ -116,6 +116,7 @@ class Lexicon:
         self.fuzzy_min_len = fuzzy_min_len
         self._patterns: dict[str, list[tuple[str, re.Pattern[str]]]] = {}
         self._fuzzy: dict[str, set[str]] = {}
+        self._alternations: dict[str, tuple[re.Pattern[str] | None, dict[str, str]]] = {}
         for a, vals in self.words.items():
             pats = []
             heads: set[str] = set()
@@ -150,6 +151,31 @@ class Lexicon:
             float(any(p.search(t) for _, p in self._patterns.get(a, [])) or self._fuzzy_hit(t, a))
             for a in attributes
         ]
+
+    def named_values(self, text: str, attribute: str) -> set[str]:
+        """Every value of ``attribute`` whose phrases occur in ``text`` as whole words (the
+        longest phrase wins where two overlap: "dark red" is not also "red")."""
+        pattern, value_of = self._alternation(attribute)
+        if pattern is None:
+            return set()
+        return {value_of[m.group(0)] for m in pattern.finditer(text.lower())}
+
+    def _alternation(self, attribute: str) -> tuple[re.Pattern[str] | None, dict[str, str]]:
+        cached = self._alternations.get(attribute)
+        if cached is None:
+            value_of = {
+                ph.lower(): v
+                for v, phrases in self.words.get(attribute, {}).items()
+                for ph in phrases
+            }
+            phrases = sorted(value_of, key=len, reverse=True)
+            pattern = (
+                re.compile(r"\b(?:" + "|".join(re.escape(ph) for ph in phrases) + r")\b")
+                if phrases
+                else None
+            )
+            cached = self._alternations[attribute] = (pattern, value_of)
+        return cached
 
     def value(self, text: str, attribute: str) -> str | None:
         t = text.lower()
@@ -188,6 +214,25 @@ def load_lexicon(spec: str, root: str | Path = "") -> Lexicon | None:
     if not isinstance(data, dict):
         raise ConfigError(f"lexicon {path}: expected attribute -> value -> phrases")
     return Lexicon(data)
+
+
+def value_labels(
+    lexicon: Lexicon | None, texts: Sequence[str], attributes: Sequence[str]
+) -> torch.Tensor:
+    """``[len(texts), A]`` long: the index (in ``lexicon.values(a)``) of the one value of
+    attribute ``a`` that each text names, -1 where it names none or several ("not red but blue"
+    names two: which one the target has is not read from words) — the labels of the value term
+    of ``L_attr`` (:class:`dqecir.losses.AttributeLoss`)."""
+    out = torch.full((len(texts), max(1, len(attributes))), -1, dtype=torch.long)
+    if lexicon is None:
+        return out
+    for a, name in enumerate(attributes):
+        index = {v: i for i, v in enumerate(lexicon.values(name))}
+        for row, text in enumerate(texts):
+            named = lexicon.named_values(text, name)
+            if len(named) == 1:
+                out[row, a] = index[next(iter(named))]
+    return out
 
 
 def text_labels(
