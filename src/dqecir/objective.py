@@ -118,6 +118,9 @@ class DQECIRObjective(nn.Module):
         ignore = self.in_batch_mask(batch.queries, batch.targets)
         ignore = ignore.to(device) if ignore is not None else None
         terms = dict(self.itc(scores, tau, ignore))
+        if ignore is not None and len(ignore) > 1:  # logged: other ground truths the mask hides
+            n = len(ignore)
+            terms["mask_share"] = (ignore.sum() - ignore.diagonal().sum()).float() / (n * (n - 1))
         total = terms["itc"]
         if self.uses_negatives and batch.negatives is not None:
             mine = slice(batch.offset, batch.offset + len(q_star))
