@@ -58,6 +58,9 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     # the value term of L_attr (loss.attr_value), against qz_top2_aw
     "qz_top2_aw_value05": ("+AW", [*QFORMER, *TOP2, "loss.attr_value=0.5"]),
     "qz_top2_aw_value2": ("+AW", [*QFORMER, *TOP2, "loss.attr_value=2.0"]),
+    # L_kl's soft targets sharper (tau_soft 0.05 -> 0.02), against the qformer ablation's full
+    # seed-0 run (the same config with tau_soft 0.05) scored on val
+    "qz_top2_full_tsoft02": ("full", [*QFORMER, *TOP2, "loss.tau_soft=0.02"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip
