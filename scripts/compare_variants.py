@@ -4,7 +4,8 @@
         [--a baseline+mask] [--b full] [--per-seed]
 
 Rows: the headline metrics on seen phrasing, mAP@10 per query kind (every kind the JSON holds),
-the unseen-phrasing copy and its "new forms only" / "new words only" halves, then the attribute
+the headline metrics on the unseen-phrasing copy, mAP@10 of its "new forms only" / "new words
+only" halves, then the attribute
 relevance accuracy of variant B where it was measured. Every number is read from the JSON: the
 README's tables of the qformer ablations are this script's output.
 """
@@ -13,22 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
+from dqecir.ablate import metric_kinds
+
 HEADLINE = [("mAP@10", "map@10"), ("Recall@1", "recall@1"), ("Recall@10", "recall@10"),
             ("Recall_subset@1", "recall_subset@1")]  # fmt: skip
-PHRASINGS = [
-    ("unseen", "unseen:"),
-    ("new forms only", "newforms:"),
-    ("new words only", "newwords:"),
-]
-
-
-def _kinds(metrics: dict) -> list[str]:
-    kinds = {m.group(1) for k in metrics if (m := re.fullmatch(r"([a-z_]+)/map@10", k))}
-    return sorted(kinds - {"heldout"})
+HALVES = [("new forms only", "newforms:"), ("new words only", "newwords:")]
 
 
 def table(result: dict, a: str, b: str, per_seed: bool = False) -> str:
@@ -44,12 +37,11 @@ def table(result: dict, a: str, b: str, per_seed: bool = False) -> str:
             s += " (" + ", ".join(f"{x:.1f}" for x in m["values"]) + ")"
         return s
 
-    rows = [(name, key) for name, key in HEADLINE]
-    rows += [(f"{kind} changes mAP@10", f"{kind}/map@10") for kind in _kinds(vb)]
-    for label, prefix in PHRASINGS:
-        rows += [(f"{label} mAP@10", f"{prefix}map@10")]
-        if prefix == "unseen:":
-            rows += [(f"unseen {n}", f"unseen:{k}") for n, k in HEADLINE[2:]]
+    kinds = [kind for kind in metric_kinds(vb) if kind != "heldout"]
+    rows = list(HEADLINE)
+    rows += [(f"{kind} changes mAP@10", f"{kind}/map@10") for kind in kinds]
+    rows += [(f"unseen {name}", f"unseen:{key}") for name, key in HEADLINE]
+    rows += [(f"{label} mAP@10", f"{prefix}map@10") for label, prefix in HALVES]
     seeds = ", ".join(str(s) for s in result.get("seeds", []))
     commit = str(result.get("git_commit", "?"))[:7]
     out = [f"Seeds {seeds}, {result.get('split', 'test')} split, commit {commit}; mean ± std"
