@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         result = json.loads(args.ablation.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise SystemExit(f"{args.ablation}: cannot read the ablation result: {e}") from e
+    if not isinstance(result, dict) or not isinstance(result.get("variants"), dict):
+        raise SystemExit(f"{args.ablation}: not an ablation result (no 'variants' object)")
     print(table(result, args.a, args.b, args.per_seed))
     return 0
 

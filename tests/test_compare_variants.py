@@ -62,3 +62,7 @@ def test_unknown_variant_and_bad_file(tmp_path):
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="bad.json: cannot read"):
         mod.main([str(bad)])
+    other = tmp_path / "other.json"
+    other.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match="other.json: not an ablation result"):
+        mod.main([str(other)])
