@@ -37,3 +37,5 @@ def test_every_demo_row_is_a_valid_config(kind):
         kw = c.model.backbone_kwargs
         assert kw["text_layers"] == 2  # every row shares one text cache
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
+        if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard
+            assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)
