@@ -1,5 +1,6 @@
 """Fixtures shared by several test files."""
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,22 @@ import pytest
 from dqecir.config import load_config
 from dqecir.data.synthetic import make_benchmark
 from dqecir.train import train
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+@pytest.fixture
+def script_module():
+    """Import ``scripts/<name>.py`` (scripts are not a package) and return the module."""
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    return load
+
 
 TINY_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
 

@@ -2,21 +2,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "compare_variants.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("compare_variants", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _m(values):
@@ -35,8 +24,8 @@ def _result():
             "variants": {"baseline+mask": a, "full": b}}  # fmt: skip
 
 
-def test_table_rows_and_differences(tmp_path, capsys):
-    mod = _load()
+def test_table_rows_and_differences(script_module, tmp_path, capsys):
+    mod = script_module("compare_variants")
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps(_result()))
     assert mod.main([str(path), "--per-seed"]) == 0
@@ -52,8 +41,8 @@ def test_table_rows_and_differences(tmp_path, capsys):
     assert "Recall@1" not in out
 
 
-def test_unknown_variant_and_bad_file(tmp_path):
-    mod = _load()
+def test_unknown_variant_and_bad_file(script_module, tmp_path):
+    mod = script_module("compare_variants")
     path = tmp_path / "ablation.json"
     path.write_text(json.dumps(_result()))
     with pytest.raises(SystemExit, match=re.escape("'+AW' not in the ablation")):

@@ -2,18 +2,8 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "val_of_runs.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("val_of_runs", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _val(m: float) -> dict:
@@ -32,8 +22,8 @@ def _run(tmp_path: Path, name: str, maps: list[float], test: dict | None = None)
     return run
 
 
-def test_best_epoch_table_and_jsonl(tmp_path, capsys):
-    mod = _load()
+def test_best_epoch_table_and_jsonl(script_module, tmp_path, capsys):
+    mod = script_module("val_of_runs")
     a = _run(tmp_path, "a", [50.0, 70.0, 70.0, 60.0], {"map@10": 75.0, "unseen:map@10": 55.0})
     b = _run(tmp_path, "b", [40.0, 45.0])
     out = tmp_path / "rows.jsonl"
@@ -48,8 +38,8 @@ def test_best_epoch_table_and_jsonl(tmp_path, capsys):
     assert "test" not in rows[1]
 
 
-def test_bad_runs_are_named(tmp_path, capsys):
-    mod = _load()
+def test_bad_runs_are_named(script_module, tmp_path, capsys):
+    mod = script_module("val_of_runs")
     assert mod.main([str(tmp_path / "missing")]) == 2
     assert "missing: no log.jsonl" in capsys.readouterr().err
     run = _run(tmp_path, "broken", [50.0])
