@@ -61,6 +61,8 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     # L_kl's soft targets sharper (tau_soft 0.05 -> 0.02), against the qformer ablation's full
     # seed-0 run (the same config with tau_soft 0.05) scored on val
     "qz_top2_full_tsoft02": ("full", [*QFORMER, *TOP2, "loss.tau_soft=0.02"]),
+    # WordNet hints for garment words (model.backbone_kwargs.text_hints), against qz_top2
+    "qz_top2_hints": ("baseline+mask", [*QFORMER, *TOP2, f"{BB}.text_hints=fmnist"]),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

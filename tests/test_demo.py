@@ -20,6 +20,7 @@ def test_demo_writes_table_and_grid(tmp_path, monkeypatch):
     text = res.read_text()
     assert "| tiny baseline (L_itc) |" in text and "| tiny DQE-CIR (full) |" in text
     assert "map@10" in text
+    assert demo.demo_hints("shapes", cfg) == []  # hints are a lite option
     assert (tmp_path / "out" / "queries.png").stat().st_size > 5000
 
 
@@ -31,10 +32,13 @@ def test_every_demo_row_is_a_valid_config(kind):
 
     cfg = demo.CONFIG_DIR / f"lite_{kind}.yaml"
     assert load_config(cfg).data.make["kind"] == kind
+    hints = demo.demo_hints(kind, cfg)
+    assert hints == [f"model.backbone_kwargs.text_hints={kind}"]
     for m in demo.MODELS:
         variant = variant_overrides(load_config(cfg), m.variant)
-        c = load_config(cfg, [*variant, *m.overrides])
+        c = load_config(cfg, [*hints, *variant, *m.overrides])
         kw = c.model.backbone_kwargs
+        assert kw["text_hints"] == kind  # every row reads the same hinted texts
         assert kw["text_layers"] == 2  # every row shares one text cache
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard

@@ -66,6 +66,15 @@ MODELS = [
     DemoModel("lite qformer, DQE-CIR (full)", [*QFORMER, *TRAINED_TEXT, *FULL_BAND], "full"),
 ]
 
+
+def demo_hints(kind: str, config: Path) -> list[str]:
+    """Every row of a lite demo reads its texts with the benchmark's WordNet hints for garment /
+    object words (dqecir.data.hints; chosen on val-unseen, docs/method.md "WordNet hints")."""
+    if load_config(config).model.backbone != "lite":
+        return []
+    return [f"model.backbone_kwargs.text_hints={kind}"]
+
+
 TABLE_KEYS = ["map@10", "recall@1", "recall@10", "recall@50", "recall_subset@1", "avg"]
 KINDS = ["color", "shape", "both"]
 
@@ -92,13 +101,14 @@ def run_demo(
     bench = data / f"{kind}-{size}"
     if not (bench / "cirr").exists():
         make_benchmark(kind, bench, seed=0, size=size)
+    hints = demo_hints(kind, Path(config))
     rows: dict[str, dict[str, float]] = {}
     times: dict[str, float] = {}
     best_ckpt: dict[str, Path] = {}
     for m in MODELS:
         t0 = time.perf_counter()
         slug = re.sub(r"[^a-z0-9]+", "-", m.name.lower()).strip("-")
-        base = [f"data.root={bench / 'cirr'}", *(overrides or [])]
+        base = [f"data.root={bench / 'cirr'}", *hints, *(overrides or [])]
         variant = variant_overrides(load_config(config, base), m.variant)
         cfg = load_config(config, [*base, *variant, *m.overrides])
         run = out / "runs" / slug
