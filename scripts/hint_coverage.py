@@ -19,12 +19,11 @@ import argparse
 import re
 from collections import Counter
 
-from dqecir.data.hints import LexicalHints, load_hints, noun_graph
+from dqecir.data.hints import HINT_SOURCES, LexicalHints, load_hints, noun_graph
 from dqecir.data.synthetic.phrasing import Phrasing
 from dqecir.data.synthetic.vocabulary import load_vocabulary, read_data_file
 
 COLOR_ROOT = "04956594"  # color, colour, coloring, colouring: a visual attribute of things
-SOURCES = {"fmnist": "garments.yaml", "shapes": "objects.yaml"}
 
 
 def under(graph, synset: str, root: str, depth: int = 12) -> bool:
@@ -47,7 +46,7 @@ def color_hints(classes: list[str]) -> LexicalHints:
 
 def shape_report(benchmark: str, seed: int) -> None:
     hints = load_hints(benchmark)
-    entries = read_data_file(SOURCES[benchmark])["classes"]
+    entries = read_data_file(HINT_SOURCES[benchmark])["classes"]
     tags = {next(iter(e)): e[next(iter(e))] for c in entries.values() for e in c["words"]
             if isinstance(e, dict)}  # fmt: skip
     vocab = load_vocabulary(benchmark)
@@ -95,7 +94,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    for b in SOURCES:
+    for b in HINT_SOURCES:
         shape_report(b, args.seed)
         color_report(b)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dqecir.data.hints import LexicalHints, NounGraph, load_hints
+from dqecir.data.hints import HINT_SOURCES, LexicalHints, NounGraph, load_hints
 from dqecir.data.synthetic.vocabulary import load_vocabulary, read_data_file
 from dqecir.errors import DataError
 
@@ -76,10 +76,9 @@ def test_real_wordnet_hints_never_name_a_wrong_class(benchmark: str) -> None:
     unless its senses also reach a second one."""
     hints = load_hints(benchmark)
     vocab = load_vocabulary(benchmark)
-    source = "garments.yaml" if benchmark == "fmnist" else "objects.yaml"
     tags = {
         next(iter(e)): e[next(iter(e))]
-        for c in read_data_file(source)["classes"].values()
+        for c in read_data_file(HINT_SOURCES[benchmark])["classes"].values()
         for e in c["words"]
         if isinstance(e, dict)
     }

@@ -18,7 +18,7 @@ files' (``garments.yaml``, ``objects.yaml``): the class definitions, not the wor
 held-out word is hinted only through WordNet's own tree.
 
 Only the "shape" attribute (garments, object shapes) is hinted: for colour names WordNet's hue
-tree and the benchmarks' colour classes (CIELAB regions) disagree on 33 of the 82 xkcd names
+tree and the benchmarks' colour classes (CIELAB regions) disagree on 33 of the 79 xkcd names
 without a class word that WordNet reaches (docs/method.md).
 """
 
@@ -34,6 +34,7 @@ from pathlib import Path
 from dqecir.data.synthetic.vocabulary import (
     DATA_DIR,
     WORDNET_DIR,
+    parse_synset,
     read_data_file,
 )
 from dqecir.errors import DataError
@@ -89,10 +90,8 @@ def noun_graph(root: Path = WORDNET_DIR) -> NounGraph:
         for line in f:
             if line.startswith("  "):
                 continue
-            p = line.partition(" | ")[0].split()
-            k = 4 + 2 * int(p[3], 16)
-            ptrs = [p[k + 1 + 4 * i : k + 3 + 4 * i] for i in range(int(p[k]))]
-            hypernyms[p[0]] = tuple(off for sym, off in ptrs if sym in HYPERNYM)
+            synset = parse_synset(line, HYPERNYM)
+            hypernyms[synset.offset] = synset.related
     exceptions = {}
     with open(files["noun.exc"], encoding="latin-1") as f:
         for line in f:

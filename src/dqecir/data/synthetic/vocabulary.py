@@ -287,7 +287,7 @@ class WordNet:
         with open(data, encoding="latin-1") as f:
             for line in f:
                 if not line.startswith("  "):
-                    s = _parse_synset(line, self.RELATIONS[pos])
+                    s = parse_synset(line, self.RELATIONS[pos])
                     self.synsets[s.offset] = s
 
     def synset(self, offset: str) -> Synset:
@@ -305,7 +305,7 @@ class WordNet:
         return out
 
 
-def _parse_synset(line: str, relations: tuple[str, ...]) -> Synset:
+def parse_synset(line: str, relations: tuple[str, ...]) -> Synset:
     head, _, gloss = line.partition(" | ")
     p = head.split()
     n_words = int(p[3], 16)
