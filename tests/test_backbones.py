@@ -289,6 +289,7 @@ def test_lite_text_features_sorted_dynamic_padding_and_bf16() -> None:
     assert cos.min() > 0.999
     top = create_backbone("lite", fusion="combiner", text_dtype="float32", text_layers=1).eval()
     assert top.text_cache_key() != fp32.text_cache_key() != bf16.text_cache_key()
+    assert len(top.text_tower.encoder.layer) == len(fp32.text_tower.encoder.layer) - 1
     below = top.text_features(texts)
     with torch.no_grad():
         states, m = top._text_states(below["tokens"], below["mask"])

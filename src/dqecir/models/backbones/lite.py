@@ -381,6 +381,10 @@ class LiteBackbone(Backbone):
         )
         for p in self.text_top.parameters():
             p.requires_grad_(text_trainable)
+        # The cached states are those below the top layers, so the caching tower stops there:
+        # its own top layers would only be computed and thrown away (a third of the cache fill
+        # at text_layers 2).
+        del self.text_tower.encoder.layer[n_tower - text_layers :]
         self.text_trainable = text_trainable
         self.train()  # towers to eval
 
@@ -459,7 +463,6 @@ class LiteBackbone(Backbone):
         mask = torch.zeros(n, self.max_text_len, dtype=torch.bool)
         lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
         order = sorted(range(n), key=lambda i: lengths[i])
-        below = len(self.text_tower.encoder.layer) - self.text_layers
         for start in range(0, n, TEXT_CHUNK):
             rows = order[start : start + TEXT_CHUNK]
             enc = tokenize_padded(self.tokenizer, [texts[i] for i in rows], self.max_text_len)
@@ -468,8 +471,7 @@ class LiteBackbone(Backbone):
             with torch.autocast(
                 device.type, dtype=self.text_dtype, enabled=self.text_dtype != torch.float32
             ):
-                out = self.text_tower(**enc, output_hidden_states=self.text_layers > 0)
-            states = out.hidden_states[below] if self.text_layers > 0 else out.last_hidden_state
+                states = self.text_tower(**enc).last_hidden_state
             idx, m = torch.tensor(rows), enc["attention_mask"].bool().cpu()
             tokens[idx, :width] = states.float().cpu() * m[..., None]  # padding rows stay zero
             mask[idx, :width] = m
