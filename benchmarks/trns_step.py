@@ -1,12 +1,14 @@
-"""A TRNS training step with each distinct negative encoded once vs one encoding per slot.
+"""A TRNS training step: each distinct negative encoded once vs one encoding per slot, with and
+without gradient through the negatives' encoding, against the step without negatives.
 
     python benchmarks/trns_step.py [--config configs/lite_fmnist.yaml] [--steps 8] [--set K=V]
 
 Builds the demo's full qformer row (``dqecir.demo``'s overrides; features cached first, not
 timed), mines TRNS negatives once with the untrained model, then times forward + backward of the
-same batches both ways, alternating, in one run. Prints the distinct share of the B x K negative
-slots and the step time of each way with their ratio. The two ways give the same terms and
-gradients (tests/test_objective.py); only the work differs.
+same batches each way, alternating, in one run. Prints the distinct share of the B x K negative
+slots and the step time of each way with its ratio to one encoding per slot. The first two ways
+give the same terms and gradients, the third the same terms without the negatives' share of the
+gallery encoding's gradient (tests/test_objective.py).
 """
 
 from __future__ import annotations
@@ -39,28 +41,36 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(trainer.queries), generator=gen)
     bs = cfg.train.batch_size
-    times: dict[bool, list[float]] = {True: [], False: []}
+    # (label, distinct images once, gradient through the negatives' gallery encoding)
+    ways = [("one encoding per slot", False, True), ("each distinct image once", True, True),
+            ("distinct, encoded without gradient (`trns.negative_grad: false`)", True, False),
+            ("no negatives (the baseline+mask step)", True, True)]  # fmt: skip
+    times: dict[str, list[float]] = {w[0]: [] for w in ways}
     shares = []
     for i in range(a.steps + 1):  # the first round warms up and is not counted
         b = perm[(i * bs) % len(perm) :][:bs]
-        for distinct in (True, False):
+        for label, distinct, grad in ways:
             batch = trainer.objective_batch(b, distinct_negatives=distinct)
+            if label.startswith("no negatives"):
+                batch.negatives = batch.negative_feats = batch.negative_index = None
+            trainer.objective.negative_grad = grad
             t0 = time.perf_counter()
             with trainer._autocast():
                 loss = trainer.objective(trainer.model, batch)["loss"]
             loss.backward()
             trainer.model.zero_grad(set_to_none=True)
             if i:
-                times[distinct].append(time.perf_counter() - t0)
-            if distinct and i:
+                times[label].append(time.perf_counter() - t0)
+            if distinct and grad and batch.negatives is not None and i:
                 shares.append(len(batch.negative_feats) / batch.negatives.numel())
-    once, per_slot = statistics.median(times[True]), statistics.median(times[False])
+    med = {k: statistics.median(v) for k, v in times.items()}
+    base = med[ways[0][0]]
     print(f"batch {bs}, K {cfg.trns.k}, {a.steps} steps each way (median)")
     print(f"distinct negatives per step: {100 * statistics.mean(shares):.1f} % of the slots")
     print("| negatives | step s | ratio |")
     print("|---|---|---|")
-    print(f"| one encoding per slot | {per_slot:.2f} | 1.00 |")
-    print(f"| each distinct image once | {once:.2f} | {once / per_slot:.2f} |")
+    for label, *_ in ways:
+        print(f"| {label} | {med[label]:.2f} | {med[label] / base:.2f} |")
 
 
 if __name__ == "__main__":

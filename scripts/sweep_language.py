@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dqecir.ablate import variant_overrides
 from dqecir.config import load_config
-from dqecir.demo import QFORMER
+from dqecir.demo import FULL_BAND, QFORMER
 from dqecir.evaluate import evaluate_checkpoint
 from dqecir.train import train
 
@@ -63,6 +63,12 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qz_top2_full_tsoft02": ("full", [*QFORMER, *TOP2, "loss.tau_soft=0.02"]),
     # WordNet hints for garment words (model.backbone_kwargs.text_hints), against qz_top2
     "qz_top2_hints": ("baseline+mask", [*QFORMER, *TOP2, f"{BB}.text_hints=fmnist"]),
+    # the negatives encoded without gradient (trns.negative_grad), against the demo's full row
+    # (the same config with negative_grad true) scored on val
+    "qz_top2_full_hints_nograd": (
+        "full",
+        [*QFORMER, *TOP2, f"{BB}.text_hints=fmnist", *FULL_BAND, "trns.negative_grad=false"],
+    ),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

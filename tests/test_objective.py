@@ -135,6 +135,39 @@ def test_distinct_negatives_encoded_once_give_the_per_slot_terms_and_gradients()
         assert torch.allclose(g1[n], g2[n], atol=1e-5), n
 
 
+def test_negatives_without_gradient_give_the_same_terms_and_spare_only_the_gallery_path():
+    """``trns.negative_grad: false`` encodes the negatives without gradient: the terms stay, the
+    gradient of weights that only the query path uses stays, and that of the gallery encoding
+    loses the negatives' share."""
+    model = _model("subspace")
+    model.eval()
+    cfg = LossConfig(w_kl=1.0, w_rank=0.5, kl_inbatch=True)
+    batch = _batch(model)
+
+    def run(negative_grad: bool):
+        obj = DQECIRObjective(cfg, [[10 + i] for i in range(B)], trns=True,
+                              negative_grad=negative_grad)  # fmt: skip
+        model.zero_grad()
+        terms = obj(model, batch)
+        terms["loss"].backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return {k: v.detach() for k, v in terms.items()}, grads
+
+    t1, g1 = run(True)
+    t2, g2 = run(False)
+    for k in t1:
+        assert torch.allclose(t1[k], t2[k], atol=1e-6), k
+    model.zero_grad()
+    model.gallery(batch.target).float().sum().backward()
+    gallery_side = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    assert gallery_side and g1.keys() == g2.keys()
+    query_only = set(g1) - gallery_side
+    assert query_only
+    for n in query_only:
+        assert torch.allclose(g1[n], g2[n], atol=1e-6), n
+    assert any(not torch.allclose(g1[n], g2[n], atol=1e-6) for n in gallery_side)
+
+
 def test_value_term_of_l_attr_enters_the_loss_when_weighted():
     model = _model("subspace")
     batch = _batch(model, negatives=False)

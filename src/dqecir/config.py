@@ -130,6 +130,10 @@ class TRNSConfig:
     """Exclude candidates whose image similarity to the target is >= this (0 disables)."""
     chunk_size: int = 1024
     """Queries scored per chunk against the pool (bounds memory)."""
+    negative_grad: bool = True
+    """Whether L_kl / L_rank train the gallery encoding of the negatives (through the fusion's
+    image path). False encodes them without gradient (their attribute transform still trains):
+    the same terms at a fraction of the cost, decided on val (docs/method.md)."""
 
 
 @dataclass

@@ -67,6 +67,11 @@ MODELS = [
 ]
 
 
+def run_slug(name: str) -> str:
+    """The directory under ``OUT/runs`` of the demo row ``name``."""
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+
+
 def demo_hints(kind: str, config: Path) -> list[str]:
     """Every row of a lite demo reads its texts with the benchmark's WordNet hints for garment /
     object words (dqecir.data.hints; chosen on val-unseen, docs/method.md "WordNet hints")."""
@@ -107,7 +112,7 @@ def run_demo(
     best_ckpt: dict[str, Path] = {}
     for m in MODELS:
         t0 = time.perf_counter()
-        slug = re.sub(r"[^a-z0-9]+", "-", m.name.lower()).strip("-")
+        slug = run_slug(m.name)
         base = [f"data.root={bench / 'cirr'}", *hints, *(overrides or [])]
         variant = variant_overrides(load_config(config, base), m.variant)
         cfg = load_config(config, [*base, *variant, *m.overrides])

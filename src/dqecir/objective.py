@@ -75,6 +75,9 @@ class DQECIRObjective(nn.Module):
         gts: per training query, the image rows of its annotated ground truths (the in-batch
             mask keeps them out of the negatives).
         trns: whether TRNS is on (``trns.enabled``); its terms then run once it has mined.
+        negative_grad: whether those terms train the negatives' gallery encoding
+            (``trns.negative_grad``); off, it runs without gradient and only the attribute
+            transform of the index (``model.to_index``) trains through the negatives.
         dist: this process's place under torchrun (a single process by default).
     """
 
@@ -84,10 +87,12 @@ class DQECIRObjective(nn.Module):
         gts: Sequence[Sequence[int]],
         *,
         trns: bool = False,
+        negative_grad: bool = True,
         dist: DistEnv | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
+        self.negative_grad = negative_grad
         self.dist = dist or DistEnv()
         self.gt_sets = [set(g) for g in gts]
         self.uses_negatives = trns and (cfg.w_kl > 0 or cfg.w_rank > 0)
@@ -168,7 +173,8 @@ class DQECIRObjective(nn.Module):
         n, k = negs.shape
         device = q_star.device
         valid = (negs >= 0).to(device)
-        neg_tokens = model.gallery_tokens(batch.negative_feats)
+        with torch.set_grad_enabled(self.negative_grad and torch.is_grad_enabled()):
+            neg_tokens = model.gallery_tokens(batch.negative_feats)
         n_idx = model.to_index(neg_tokens).float()
         img_n = pooled(neg_tokens.float()).detach() if cfg.w_kl > 0 else None
         if batch.negative_index is not None:  # distinct images -> slots

@@ -279,7 +279,11 @@ class Trainer:
         self.opt = make_optimizer(self.model, cfg)
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch * cfg.train.epochs)
         self.objective = DQECIRObjective(
-            cfg.loss, self.queries.gts, trns=cfg.trns.enabled, dist=self.dist
+            cfg.loss,
+            self.queries.gts,
+            trns=cfg.trns.enabled,
+            negative_grad=cfg.trns.negative_grad,
+            dist=self.dist,
         )
         t = cfg.trns
         self.schedule = TRNSSchedule(t.warmup_epochs, t.update_interval, t.interval_unit)
