@@ -100,6 +100,15 @@ def test_trns_terms_score_each_query_against_its_own_negatives():
     assert float(terms["rank"]) == pytest.approx(float(hinge.mean()), rel=1e-5)
 
 
+def _terms_and_grads(obj, model, batch):
+    """The objective's terms on ``batch`` and the gradients of its loss, by parameter name."""
+    model.zero_grad()
+    terms = obj(model, batch)
+    terms["loss"].backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    return {k: v.detach() for k, v in terms.items()}, grads
+
+
 def test_distinct_negatives_encoded_once_give_the_per_slot_terms_and_gradients():
     """The Trainer passes each distinct negative image once plus a slot index; terms and
     gradients must equal those of one encoded row per slot."""
@@ -118,15 +127,8 @@ def test_distinct_negatives_encoded_once_give_the_per_slot_terms_and_gradients()
     once = replace(per_slot, negative_feats=pool[distinct], negative_index=slot)
     assert len(once.negative_feats) == 5 < B * K
 
-    def run(batch):
-        model.zero_grad()
-        terms = obj(model, batch)
-        terms["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return {k: v.detach() for k, v in terms.items()}, grads
-
-    t1, g1 = run(per_slot)
-    t2, g2 = run(once)
+    t1, g1 = _terms_and_grads(obj, model, per_slot)
+    t2, g2 = _terms_and_grads(obj, model, once)
     assert {"kl", "rank"} <= set(t1)
     for k in t1:
         assert torch.allclose(t1[k], t2[k], atol=1e-6), k
@@ -145,13 +147,9 @@ def test_negatives_without_gradient_give_the_same_terms_and_spare_only_the_galle
     batch = _batch(model)
 
     def run(negative_grad: bool):
-        obj = DQECIRObjective(cfg, [[10 + i] for i in range(B)], trns=True,
-                              negative_grad=negative_grad)  # fmt: skip
-        model.zero_grad()
-        terms = obj(model, batch)
-        terms["loss"].backward()
-        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-        return {k: v.detach() for k, v in terms.items()}, grads
+        gts = [[10 + i] for i in range(B)]
+        obj = DQECIRObjective(cfg, gts, trns=True, negative_grad=negative_grad)
+        return _terms_and_grads(obj, model, batch)
 
     t1, g1 = run(True)
     t2, g2 = run(False)
