@@ -6,8 +6,8 @@
 
 The demo trains its qformer rows with exactly the config that ``dqecir ablate`` builds for seed 0
 of a variant when given the demo's overrides (``--set``). For each ``--row NAME=VARIANT`` this
-checks that the demo run's saved ``config.yaml`` equals the one the ablation would train (the
-``trns`` section is compared only where TRNS is on), then copies the run (checkpoints, config,
+checks that the demo run's saved ``config.yaml`` trains what the ablation would
+(``dqecir.config.training_differences``), then copies the run (checkpoints, config,
 log) into the ablation's layout and writes its ``test_metrics.json`` from the demo's
 ``results.json``: ``dqecir ablate`` then reads that run as done and trains only the other seeds.
 """
@@ -21,17 +21,10 @@ import sys
 from pathlib import Path
 
 from dqecir.ablate import variant_overrides
-from dqecir.config import load_config
+from dqecir.config import load_config, training_differences
 from dqecir.demo import run_slug
 from dqecir.files import write_json_atomic
 from dqecir.train import resolve_headline
-
-
-def comparable(cfg: dict) -> dict:
-    out = dict(cfg)
-    if not out.get("trns", {}).get("enabled"):
-        out.pop("trns", None)
-    return out
 
 
 def main() -> None:
@@ -54,12 +47,7 @@ def main() -> None:
         want = load_config(
             a.config, [*a.set, *variant_overrides(base, variant), f"train.seed={a.seed}"]
         )
-        have = load_config(src / "config.yaml")
-        diff = sorted(
-            k
-            for k in set(comparable(want.to_dict())) | set(comparable(have.to_dict()))
-            if comparable(want.to_dict()).get(k) != comparable(have.to_dict()).get(k)
-        )
+        diff = training_differences(want, load_config(src / "config.yaml"))
         if diff:
             print(f"{name}: config differs from the ablation's {variant} seed {a.seed} in {diff}")
             failed = True

@@ -28,7 +28,7 @@ def test_summarize_mean_std():
     assert s["a"]["m"]["values"] == [1.0, 3.0]
 
 
-def test_ablate_command_end_to_end(tmp_path):
+def test_ablate_command_end_to_end(tmp_path, capsys):
     from dqecir.data.synthetic import make_benchmark
 
     make_benchmark("shapes", tmp_path / "b", size="tiny")
@@ -45,3 +45,10 @@ def test_ablate_command_end_to_end(tmp_path):
     assert res["git_commit"] and res["config"]["name"] == "tiny_shapes"
     assert "| map@10 |" in (out / "ablation.md").read_text()
     assert (out / "ablation.png").stat().st_size > 1000
+    # the same --out with another config: the finished runs are refused, not read back
+    capsys.readouterr()
+    rc = main(["ablate", "--config", str(CONFIG), "--seeds", "3", "--out", str(out),
+               "--set", f"data.root={tmp_path / 'b' / 'cirr'}", "--set", "train.epochs=1",
+               "--set", "trns.k=4"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc != 0 and "baseline-seed3" in err and "train.epochs" in err

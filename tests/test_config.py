@@ -108,3 +108,17 @@ def test_set_values_yaml_cannot_read_are_config_errors(value, needle, tmp_path, 
     err = capsys.readouterr().err
     assert "override train.epochs=..." in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_training_differences_name_the_keys_that_change_what_a_run_trains():
+    from dqecir.config import training_differences
+
+    a = load_config(None, ["trns.enabled=true", "model.backbone_kwargs.width=128"])
+    assert training_differences(a, a) == []
+    b = load_config(None, ["trns.enabled=true", "model.backbone_kwargs.width=64", "trns.k=4",
+                           "train.num_threads=1", "name=other"])  # fmt: skip
+    assert training_differences(a, b) == ["model.backbone_kwargs.width", "trns.k"]
+    # TRNS off in both: its band does not change what trains
+    off = load_config(None, ["trns.qlow=0.9"])
+    assert training_differences(off, load_config(None, ["trns.qlow=0.99"])) == []
+    assert training_differences(off, load_config(None, ["trns.qlow=0.99", "trns.enabled=true"]))

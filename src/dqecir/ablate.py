@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from dqecir.config import Config, load_config
+from dqecir.config import Config, ConfigError, load_config, training_differences
 from dqecir.files import write_json_atomic
 
 log = logging.getLogger(__name__)
@@ -166,6 +166,20 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, metrics: Sequence[str])
     plt.close(fig)
 
 
+def check_finished_run(run: Path, cfg: Config, what: str) -> None:
+    """A finished run is read back only if its saved config trains what this ablation would."""
+    saved = run / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{run}: a finished run without its config.yaml; remove it or use "
+                          "another --out")  # fmt: skip
+    diff = training_differences(cfg, load_config(saved))
+    if diff:
+        raise ConfigError(
+            f"{run}: this finished run was trained with another config than the ablation's "
+            f"{what} (differs in {', '.join(diff)}); use another --out or remove the run"
+        )
+
+
 def run_ablation(
     config: Path,
     seeds: Sequence[int],
@@ -192,6 +206,7 @@ def run_ablation(
             t0 = time.perf_counter()
             done = run / "test_metrics.json"
             if done.exists():  # resume an interrupted ablation without redoing finished runs
+                check_finished_run(run, cfg, f"{v} seed {seed}")
                 metrics = json.loads(done.read_text())
             else:
                 ckpt = train(cfg, run)

@@ -194,6 +194,32 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
+RESULT_NEUTRAL = {"name", "train.device", "train.num_threads", "train.tensorboard",
+                  "train.log_every", "train.feature_batch_size", "data.cache_dir",
+                  "eval.batch_size"}  # fmt: skip
+"""Config keys that change where or how fast a run goes, not what it trains."""
+
+
+def training_differences(a: Config, b: Config) -> list[str]:
+    """The dotted keys in which two run configs differ in what they train: every key but
+    :data:`RESULT_NEUTRAL`, and the ``trns`` section only where TRNS is on in either."""
+
+    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                out.update(flat(v, f"{prefix}{k}."))
+            else:
+                out[f"{prefix}{k}"] = v
+        return out
+
+    fa, fb = flat(a.to_dict()), flat(b.to_dict())
+    skip = set(RESULT_NEUTRAL)
+    if not (a.trns.enabled or b.trns.enabled):
+        skip |= {k for k in {*fa, *fb} if k.startswith("trns.")}
+    return sorted(k for k in {*fa, *fb} - skip if fa.get(k) != fb.get(k))
+
+
 def _to_plain(x: Any) -> Any:
     if isinstance(x, dict):
         return {k: _to_plain(v) for k, v in x.items()}
