@@ -8,7 +8,9 @@ echo "== training throughput (feature cache vs none)"
 $PY benchmarks/train_throughput.py --root "$DATA/fmnist-default/cirr"
 echo "== TRNS cost share of an epoch"
 $PY benchmarks/trns_cost.py --set "data.root=$DATA/fmnist-default/cirr"
-echo "== TRNS step: distinct negatives encoded once vs per slot"
+echo "== TRNS step: distinct negatives encoded once vs per slot, with and without gradient"
 $PY benchmarks/trns_step.py --steps 4 --set "data.root=$DATA/fmnist-default/cirr"
+echo "== text-cache fill: whole MiniLM tower vs the layers below the trained ones"
+$PY benchmarks/text_cache.py --texts 1000 --repeats 2
 echo "== search engines"
 OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md
