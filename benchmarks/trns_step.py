@@ -41,17 +41,18 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     perm = torch.randperm(len(trainer.queries), generator=gen)
     bs = cfg.train.batch_size
-    # (label, distinct images once, gradient through the negatives' gallery encoding)
-    ways = [("one encoding per slot", False, True), ("each distinct image once", True, True),
-            ("distinct, encoded without gradient (`trns.negative_grad: false`)", True, False),
-            ("no negatives (the baseline+mask step)", True, True)]  # fmt: skip
+    # (label, negatives in the step, distinct images once, gradient through their encoding)
+    ways = [("one encoding per slot", True, False, True),
+            ("each distinct image once", True, True, True),
+            ("distinct, encoded without gradient (`trns.negative_grad: false`)", True, True, False),
+            ("no negatives (the baseline+mask step)", False, True, True)]  # fmt: skip
     times: dict[str, list[float]] = {w[0]: [] for w in ways}
     shares = []
     for i in range(a.steps + 1):  # the first round warms up and is not counted
         b = perm[(i * bs) % len(perm) :][:bs]
-        for label, distinct, grad in ways:
+        for label, negatives, distinct, grad in ways:
             batch = trainer.objective_batch(b, distinct_negatives=distinct)
-            if label.startswith("no negatives"):
+            if not negatives:
                 batch.negatives = batch.negative_feats = batch.negative_index = None
             trainer.objective.negative_grad = grad
             t0 = time.perf_counter()
@@ -61,7 +62,7 @@ def main() -> None:
             trainer.model.zero_grad(set_to_none=True)
             if i:
                 times[label].append(time.perf_counter() - t0)
-            if distinct and grad and batch.negatives is not None and i:
+            if negatives and distinct and grad and i:
                 shares.append(len(batch.negative_feats) / batch.negatives.numel())
     med = {k: statistics.median(v) for k, v in times.items()}
     base = med[ways[0][0]]

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from dqecir.ablate import variant_overrides
+from dqecir.ablate import run_dir, variant_overrides
 from dqecir.config import load_config, training_differences
 from dqecir.demo import run_slug
 from dqecir.files import write_json_atomic
@@ -52,7 +52,7 @@ def main() -> None:
             print(f"{name}: config differs from the ablation's {variant} seed {a.seed} in {diff}")
             failed = True
             continue
-        dst = a.out / "runs" / f"{variant.replace('+', 'plus-')}-seed{a.seed}"
+        dst = run_dir(a.out, variant, a.seed)
         dst.mkdir(parents=True, exist_ok=True)
         for f in src.iterdir():
             if f.is_file():

@@ -166,6 +166,11 @@ def plot(summary: dict[str, dict[str, Any]], path: Path, metrics: Sequence[str])
     plt.close(fig)
 
 
+def run_dir(out: Path, variant: str, seed: int) -> Path:
+    """Where an ablation in ``out`` keeps its run of ``variant`` and ``seed``."""
+    return out / "runs" / f"{variant.replace('+', 'plus-')}-seed{seed}"
+
+
 def check_finished_run(run: Path, cfg: Config, what: str) -> None:
     """A finished run is read back only if its saved config trains what this ablation would."""
     saved = run / "config.yaml"
@@ -199,7 +204,7 @@ def run_ablation(
     seconds: dict[str, list[float]] = {v: [] for v in variants}
     for seed in seeds:
         for v in variants:
-            run = out / "runs" / f"{v.replace('+', 'plus-')}-seed{seed}"
+            run = run_dir(out, v, seed)
             cfg = load_config(
                 config, [*overrides, *variant_overrides(base, v), f"train.seed={seed}"]
             )
