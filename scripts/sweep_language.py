@@ -69,6 +69,12 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         "full",
         [*QFORMER, *TOP2, f"{BB}.text_hints=fmnist", *FULL_BAND, "trns.negative_grad=false"],
     ),
+    # the relevance held fixed in L_kl / L_rank (trns.relevance_grad), against the demo's full
+    # row scored on val: does TRNS pull alpha away from L_attr's labels on new words?
+    "qz_top2_full_hints_relfixed": (
+        "full",
+        [*QFORMER, *TOP2, f"{BB}.text_hints=fmnist", *FULL_BAND, "trns.relevance_grad=false"],
+    ),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

@@ -45,6 +45,14 @@ def test_ablate_command_end_to_end(tmp_path, capsys):
     assert res["git_commit"] and res["config"]["name"] == "tiny_shapes"
     assert "| map@10 |" in (out / "ablation.md").read_text()
     assert (out / "ablation.png").stat().st_size > 1000
+    # a finished run read back keeps its training time (from its log), not the read's
+    first = res["seconds_per_run"]
+    assert all(t > 0 for t in first.values())
+    assert main(["ablate", "--config", str(CONFIG), "--seeds", "3", "--out", str(out),
+                 "--set", f"data.root={tmp_path / 'b' / 'cirr'}", "--set", "train.epochs=2",
+                 "--set", "trns.k=4"]) == 0  # fmt: skip
+    again = json.loads((out / "ablation.json").read_text())["seconds_per_run"]
+    assert again == first
     # the same --out with another config: the finished runs are refused, not read back
     capsys.readouterr()
     rc = main(["ablate", "--config", str(CONFIG), "--seeds", "3", "--out", str(out),

@@ -166,6 +166,35 @@ def test_negatives_without_gradient_give_the_same_terms_and_spare_only_the_galle
     assert any(not torch.allclose(g1[n], g2[n], atol=1e-6) for n in gallery_side)
 
 
+def test_relevance_held_fixed_under_trns_is_trained_by_itc_and_attr_only():
+    """``trns.relevance_grad: false``: the TRNS terms keep their values, the relevance head gets
+    exactly the gradient of L_itc + L_attr, and the gallery side the same gradient as before."""
+    model = _model("subspace")
+    model.eval()
+    cfg = LossConfig(w_kl=1.0, w_rank=0.5, w_attr=0.25)
+    gts = [[10 + i] for i in range(B)]
+    batch = _batch(model)
+    t1, g1 = _terms_and_grads(DQECIRObjective(cfg, gts, trns=True), model, batch)
+    held = DQECIRObjective(cfg, gts, trns=True, relevance_grad=False)
+    t2, g2 = _terms_and_grads(held, model, batch)
+    no_trns = DQECIRObjective(replace(cfg, w_kl=0.0, w_rank=0.0), gts, trns=True)
+    _, g0 = _terms_and_grads(no_trns, model, batch)
+    assert {"kl", "rank"} <= set(t1)
+    for k in t1:
+        assert torch.allclose(t1[k], t2[k], atol=1e-6), k
+    head = [n for n in g1 if n.startswith("aw.relevance.")]
+    assert head
+    for n in head:
+        assert torch.allclose(g2[n], g0[n], atol=1e-6), n
+    assert any(not torch.allclose(g1[n], g0[n], atol=1e-6) for n in head)
+    model.zero_grad()
+    model.gallery(batch.target).float().sum().backward()
+    gallery_side = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.any()}
+    assert gallery_side
+    for n in gallery_side:
+        assert torch.allclose(g1[n], g2[n], atol=1e-6), n
+
+
 def test_value_term_of_l_attr_enters_the_loss_when_weighted():
     model = _model("subspace")
     batch = _batch(model, negatives=False)

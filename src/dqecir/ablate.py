@@ -23,7 +23,6 @@ import json
 import logging
 import statistics
 import subprocess
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -171,6 +170,19 @@ def run_dir(out: Path, variant: str, seed: int) -> Path:
     return out / "runs" / f"{variant.replace('+', 'plus-')}-seed{seed}"
 
 
+def train_seconds(run: Path) -> float:
+    """A run's training time: the sum of its logged ``epoch_seconds`` (steps and TRNS mining,
+    not validation), read from ``log.jsonl``, so that a run read back counts like one trained."""
+    total = 0.0
+    log_file = run / "log.jsonl"
+    if log_file.is_file():
+        for line in log_file.read_text().splitlines():
+            rec = json.loads(line) if line.strip() else {}
+            if rec.get("event") == "epoch":
+                total += float(rec.get("epoch_seconds", 0.0))
+    return total
+
+
 def check_finished_run(run: Path, cfg: Config, what: str) -> None:
     """A finished run is read back only if its saved config trains what this ablation would."""
     saved = run / "config.yaml"
@@ -208,7 +220,6 @@ def run_ablation(
             cfg = load_config(
                 config, [*overrides, *variant_overrides(base, v), f"train.seed={seed}"]
             )
-            t0 = time.perf_counter()
             done = run / "test_metrics.json"
             if done.exists():  # resume an interrupted ablation without redoing finished runs
                 check_finished_run(run, cfg, f"{v} seed {seed}")
@@ -220,7 +231,7 @@ def run_ablation(
                     device=cfg.train.device, cache_dir=Path(cfg.data.cache_dir) if cfg.data.cache_dir else None,
                 )  # fmt: skip
                 write_json_atomic(done, metrics)  # whole or absent: it marks the run done
-            seconds[v].append(time.perf_counter() - t0)
+            seconds[v].append(train_seconds(run))
             per_seed[v].append(metrics)
             log.info("ablation %s seed %d: %s=%.2f", v, seed, base.eval.headline,
                      metrics.get(base.eval.headline, float("nan")))  # fmt: skip

@@ -135,6 +135,10 @@ class TRNSConfig:
     image path). False encodes them without gradient (their attribute transform still trains):
     the same terms for a cheaper step (0.82x on the demo's qformer), but 4.3 mAP@10 lower on
     fmnist val, so true stays the default (docs/method.md, "TRNS negatives keep their gradient")."""
+    relevance_grad: bool = True
+    """Whether L_kl / L_rank train the attribute relevance ``alpha`` (the text's head and, through
+    it, the text tower). False scores the TRNS terms with ``alpha`` held fixed, so that only
+    ``L_attr`` and ``L_itc`` train it (docs/method.md, "The relevance under TRNS")."""
 
 
 @dataclass

@@ -78,6 +78,9 @@ class DQECIRObjective(nn.Module):
         negative_grad: whether those terms train the negatives' gallery encoding
             (``trns.negative_grad``); off, it runs without gradient and only the attribute
             transform of the index (``model.to_index``) trains through the negatives.
+        relevance_grad: whether those terms train the attribute relevance ``alpha``
+            (``trns.relevance_grad``); off, they score a ``q*`` built from ``alpha`` held fixed
+            (the same values), so only ``L_itc`` and ``L_attr`` train it.
         dist: this process's place under torchrun (a single process by default).
     """
 
@@ -88,11 +91,13 @@ class DQECIRObjective(nn.Module):
         *,
         trns: bool = False,
         negative_grad: bool = True,
+        relevance_grad: bool = True,
         dist: DistEnv | None = None,
     ) -> None:
         super().__init__()
         self.cfg = cfg
         self.negative_grad = negative_grad
+        self.relevance_grad = relevance_grad
         self.dist = dist or DistEnv()
         self.gt_sets = [set(g) for g in gts]
         self.uses_negatives = trns and (cfg.w_kl > 0 or cfg.w_rank > 0)
@@ -119,7 +124,8 @@ class DQECIRObjective(nn.Module):
         tgt_tokens = model.gallery_tokens(batch.target)
         tgt = model.to_index(tgt_tokens)
         q_star = qo["q_star"].float()
-        scores = similarity(gather(q_star), gather(tgt.float()))  # [B_all, B_all]
+        all_tgt = gather(tgt.float())
+        scores = similarity(gather(q_star), all_tgt)  # [B_all, B_all]
         ignore = self.in_batch_mask(batch.queries, batch.targets)
         ignore = ignore.to(device) if ignore is not None else None
         terms = dict(self.itc(scores, tau, ignore))
@@ -129,8 +135,13 @@ class DQECIRObjective(nn.Module):
         total = terms["itc"]
         if self.uses_negatives and batch.negatives is not None:
             mine = slice(batch.offset, batch.offset + len(q_star))
+            q_trns, s_trns = q_star, scores[mine]
+            if not self.relevance_grad and "alpha" in qo:
+                assert model.aw is not None  # alpha comes from the attribute weights
+                q_trns = model.aw.weighted(qo["q"], qo["alpha"].detach()).float()
+                s_trns = similarity(q_trns, all_tgt)
             trns = self.trns_terms(
-                model, batch, q_star, scores[mine], tgt_tokens, tau,
+                model, batch, q_trns, s_trns, tgt_tokens, tau,
                 ignore[mine] if ignore is not None else None,
             )  # fmt: skip
             terms.update(trns)

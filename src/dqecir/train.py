@@ -283,6 +283,7 @@ class Trainer:
             self.queries.gts,
             trns=cfg.trns.enabled,
             negative_grad=cfg.trns.negative_grad,
+            relevance_grad=cfg.trns.relevance_grad,
             dist=self.dist,
         )
         t = cfg.trns

@@ -74,14 +74,18 @@ class AttributeWeights(nn.Module):
     def query(self, q: torch.Tensor, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Weighted query ``q*`` and the relevance ``alpha`` ``[B, A]``."""
         alpha = torch.sigmoid(self.relevance_logits(h))
+        return self.weighted(q, alpha), alpha
+
+    def weighted(self, q: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+        """``q*`` from the backbone's query ``q`` and a given relevance ``alpha`` ``[B, A]``."""
         q = q.float()
         if self.mode == "gate":
             g = F.softplus(self.w0) + alpha @ F.softplus(self.w)
-            return F.normalize(q * g, dim=-1), alpha
+            return F.normalize(q * g, dim=-1)
         blocks = [q] + [
             alpha[:, a : a + 1] * self.attribute_space(q, a) for a in range(len(self.attributes))
         ]
-        return F.normalize(torch.cat(blocks, dim=-1), dim=-1), alpha
+        return F.normalize(torch.cat(blocks, dim=-1), dim=-1)
 
     def gallery(self, tokens: torch.Tensor) -> torch.Tensor:
         """Gallery tokens ``[B, Nt, d]`` -> what the index stores ``[B, Nt, out_dim]``."""

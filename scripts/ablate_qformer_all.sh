@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Issue 11: the whole qformer ablation (baseline | baseline+mask | +AW | +TRNS | full, seeds
+# 0 1 2) on the demo's final recipe (the same --set list as scripts/ablate_qformer_hints.sh), in
+# one folder OUT, so that one ablation.json holds all five variants.
+# Finished runs of the same recipe made before (e.g. by ablate_qformer_hints.sh, or a partial
+# `dqecir ablate` of some variants) are hard-linked into OUT/runs first: each FROM folder's
+# runs/<variant>-seed<N> that OUT lacks. `dqecir ablate` then reads a linked run back only if its
+# config.yaml trains exactly what the ablation would (otherwise it stops with the keys that
+# differ), and trains every run still missing. Full runs about 13 min, the others about 5-13 min
+# on the 2-core VM.
+# Usage: bash scripts/ablate_qformer_all.sh KIND OUT [FROM ...]
+set -eu
+KIND=$1
+OUT=$2
+shift 2
+mkdir -p "$OUT/runs"
+for from in "$@"; do
+  for run in "$from"/runs/*-seed*; do
+    [ -f "$run/test_metrics.json" ] || continue
+    name=$(basename "$run")
+    if [ ! -e "$OUT/runs/$name" ]; then
+      cp -al "$run" "$OUT/runs/$name"
+      echo "taken: $run"
+    fi
+  done
+done
+SETS="model.backbone_kwargs.fusion=qformer model.backbone_kwargs.width=128
+model.backbone_kwargs.num_layers=2 model.backbone_kwargs.num_queries=4
+model.backbone_kwargs.image_skip=true model.backbone_kwargs.text_layers=2 train.amp=bf16
+model.backbone_kwargs.token_dropout=0.1 model.backbone_kwargs.text_hints=$KIND
+trns.qlow=0.99 trns.qhigh=1.0"
+sets=()
+for s in $SETS; do sets+=(--set "$s"); done
+.venv/bin/dqecir ablate --config "configs/lite_$KIND.yaml" --seeds 0 1 2 \
+  --variants baseline baseline+mask +AW +TRNS full --out "$OUT" "${sets[@]}"
