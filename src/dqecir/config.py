@@ -138,7 +138,10 @@ class TRNSConfig:
     relevance_grad: bool = True
     """Whether L_kl / L_rank train the attribute relevance ``alpha`` (the text's head and, through
     it, the text tower). False scores the TRNS terms with ``alpha`` held fixed, so that only
-    ``L_attr`` and ``L_itc`` train it (docs/method.md, "The relevance under TRNS")."""
+    ``L_attr`` and ``L_itc`` train it: the relevance then follows its labels better (94.4
+    against 92.2 % on fmnist val-unseen) but ranking loses (84.3 against 85.0 mAP@10 seen, 66.8
+    against 69.9 unseen), so true stays the default (docs/method.md, "The relevance under
+    TRNS")."""
 
 
 @dataclass
