@@ -8,7 +8,7 @@
 # config.yaml trains exactly what the ablation would (otherwise it stops with the keys that
 # differ), and trains every run still missing. Full runs about 13 min, the others about 5-13 min
 # on the 2-core VM.
-# Usage: bash scripts/ablate_qformer_all.sh KIND OUT [FROM ...]
+# Usage: [SEEDS="0 1"] bash scripts/ablate_qformer_all.sh KIND OUT [FROM ...]
 set -eu
 KIND=$1
 OUT=$2
@@ -31,5 +31,6 @@ model.backbone_kwargs.token_dropout=0.1 model.backbone_kwargs.text_hints=$KIND
 trns.qlow=0.99 trns.qhigh=1.0"
 sets=()
 for s in $SETS; do sets+=(--set "$s"); done
-.venv/bin/dqecir ablate --config "configs/lite_$KIND.yaml" --seeds 0 1 2 \
+# shellcheck disable=SC2086  # SEEDS is a list of numbers
+.venv/bin/dqecir ablate --config "configs/lite_$KIND.yaml" --seeds ${SEEDS:-0 1 2} \
   --variants baseline baseline+mask +AW +TRNS full --out "$OUT" "${sets[@]}"
