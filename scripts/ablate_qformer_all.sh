@@ -24,13 +24,8 @@ for from in "$@"; do
     fi
   done
 done
-SETS="model.backbone_kwargs.fusion=qformer model.backbone_kwargs.width=128
-model.backbone_kwargs.num_layers=2 model.backbone_kwargs.num_queries=4
-model.backbone_kwargs.image_skip=true model.backbone_kwargs.text_layers=2 train.amp=bf16
-model.backbone_kwargs.token_dropout=0.1 model.backbone_kwargs.text_hints=$KIND
-trns.qlow=0.99 trns.qhigh=1.0"
-sets=()
-for s in $SETS; do sets+=(--set "$s"); done
+# shellcheck source=scripts/qformer_hints_recipe.sh
+source "$(dirname "$0")/qformer_hints_recipe.sh"
 # shellcheck disable=SC2086  # SEEDS is a list of numbers
 .venv/bin/dqecir ablate --config "configs/lite_$KIND.yaml" --seeds ${SEEDS:-0 1 2} \
   --variants baseline baseline+mask +AW +TRNS full --out "$OUT" "${sets[@]}"

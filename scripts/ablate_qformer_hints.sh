@@ -11,13 +11,8 @@ set -eu
 KIND=$1
 DEMO=$2
 OUT=${3:-runs/ablation/qformer_${KIND}_hints}
-SETS="model.backbone_kwargs.fusion=qformer model.backbone_kwargs.width=128
-model.backbone_kwargs.num_layers=2 model.backbone_kwargs.num_queries=4
-model.backbone_kwargs.image_skip=true model.backbone_kwargs.text_layers=2 train.amp=bf16
-model.backbone_kwargs.token_dropout=0.1 model.backbone_kwargs.text_hints=$KIND
-trns.qlow=0.99 trns.qhigh=1.0"
-sets=()
-for s in $SETS; do sets+=(--set "$s"); done
+# shellcheck source=scripts/qformer_hints_recipe.sh
+source "$(dirname "$0")/qformer_hints_recipe.sh"
 .venv/bin/python scripts/ablation_seed_from_demo.py --demo "$DEMO" --out "$OUT" \
   --config "configs/lite_$KIND.yaml" --seed 0 "${sets[@]}" \
   --row "lite qformer (L_itc)=baseline+mask" --row "lite qformer, DQE-CIR (full)=full"
