@@ -43,3 +43,32 @@ def test_every_demo_row_is_a_valid_config(kind):
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard
             assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)
+
+
+def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkeypatch):
+    # --jobs 2: the first row fills the cache, the other two train in two spawned workers at
+    # once; the table keeps MODELS' order and every row is scored and logged to its own file.
+    models = [demo.DemoModel("tiny untrained", ["train.epochs=0"]),
+              demo.DemoModel("tiny baseline (L_itc)", ["train.epochs=1"]),
+              demo.DemoModel("tiny DQE-CIR (full)", ["train.epochs=2"], "full")]  # fmt: skip
+    monkeypatch.setattr(demo, "MODELS", models)
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+    res = demo.run_demo(tmp_path / "data", tmp_path / "out", config=cfg, size="tiny",
+                        grid_queries=3, kind="shapes", jobs=2)  # fmt: skip
+    text = res.read_text()
+    lines = [ln for ln in text.splitlines() if ln.startswith("| tiny ")]
+    assert [ln.split(" | ")[0] for ln in lines[:3]] == ["| " + m.name for m in models]
+    assert "in 2 processes at once" in text
+    for m in models[1:]:
+        log = (tmp_path / "out" / "runs" / demo.run_slug(m.name) / "demo.log").read_text()
+        assert "dqecir.train" in log
+    import json
+
+    got = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
+    assert set(got) == {m.name for m in models}
+    assert all(0.0 <= got[m.name]["map@10"] <= 100.0 for m in models)
+
+
+def test_demo_refuses_zero_jobs(tmp_path):
+    with pytest.raises(ValueError, match="jobs must be >= 1"):
+        demo.run_demo(tmp_path / "d", tmp_path / "o", jobs=0)

@@ -32,6 +32,17 @@ class _Lazy:
         return iter(self.names())
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (the error names the value)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {n}")
+    return n
+
+
 def _sizes() -> list[str]:
     from dqecir.data.synthetic.plan import SIZES
 
@@ -141,7 +152,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from dqecir.demo import run_demo
 
     run_demo(
-        Path(args.data), Path(args.out), size=args.size, overrides=args.set or [], kind=args.kind
+        Path(args.data),
+        Path(args.out),
+        size=args.size,
+        overrides=args.set or [],
+        kind=args.kind,
+        jobs=args.jobs,
     )
     return 0
 
@@ -368,6 +384,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     de.add_argument("--size", choices=_Lazy(_sizes), metavar="SIZE", default="default")
     de.add_argument("--set", action="append", metavar="KEY=VALUE", help="config override")
+    de.add_argument(
+        "--jobs",
+        type=_positive_int,
+        default=1,
+        help="rows after the first trained in this many processes at once, the CPU threads "
+        "shared among them; logs in OUT/runs/<row>/demo.log (default 1: one row at a time)",
+    )
     de.set_defaults(func=_cmd_demo)
 
     pl = sub.add_parser(
