@@ -45,7 +45,7 @@ def test_every_demo_row_is_a_valid_config(kind):
             assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)
 
 
-def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkeypatch):
+def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkeypatch, capfd):
     # --jobs 2: the first row fills the cache, the other two train in two spawned workers at
     # once; the table keeps MODELS' order and every row is scored and logged to its own file.
     models = [demo.DemoModel("tiny untrained", ["train.epochs=0"]),
@@ -59,6 +59,8 @@ def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkey
     lines = [ln for ln in text.splitlines() if ln.startswith("| tiny ")]
     assert [ln.split(" | ")[0] for ln in lines[:3]] == ["| " + m.name for m in models]
     assert "in 2 processes at once" in text
+    assert "epoch 1/" not in capfd.readouterr().err  # workers draw no progress bars
+    assert "TQDM_DISABLE" not in __import__("os").environ  # restored in the parent
     for m in models[1:]:
         log = (tmp_path / "out" / "runs" / demo.run_slug(m.name) / "demo.log").read_text()
         assert "dqecir.train" in log

@@ -159,13 +159,15 @@ def _row_worker(
     config: Path, base: list[str], m: DemoModel, run: Path, bench: Path, threads: int
 ) -> tuple[dict[str, float], float, Path]:
     """One row in a worker process: its own thread share, its log in ``run/demo.log``, no
-    progress bars (several lanes would interleave them)."""
-    import os
+    progress bars (``TQDM_DISABLE``, set before the worker starts: several lanes would interleave
+    their bars)."""
+    import sys
 
-    os.environ["TQDM_DISABLE"] = "1"
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
-    handler = logging.FileHandler(run / "demo.log")
+    # bars that set ``disable`` themselves ignore TQDM_DISABLE: they go to the row's log too
+    sys.stderr = open(run / "demo.log", "a", buffering=1)  # noqa: SIM115 (the worker's lifetime)
+    handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -187,13 +189,38 @@ def _run_rows_parallel(
     """``models`` in ``jobs`` processes, the most expensive first (later rows of the table are the
     larger models); the feature cache must already hold everything they read (the first row
     fills it: workers never write it at the same time)."""
-    import multiprocessing as mp
     import os
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("demo: %d rows in %d processes, %d thread(s) each; logs in %s/runs/<row>/demo.log",
              len(models), jobs, threads, out)  # fmt: skip
+    # tqdm reads TQDM_DISABLE when it is imported: the workers inherit it from this environment
+    before = os.environ.get("TQDM_DISABLE")
+    os.environ["TQDM_DISABLE"] = "1"
+    try:
+        _submit_rows(config, base, models, out, bench, jobs, threads, rows, times, best_ckpt)
+    finally:
+        if before is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = before
+
+
+def _submit_rows(
+    config: Path,
+    base: list[str],
+    models: list[DemoModel],
+    out: Path,
+    bench: Path,
+    jobs: int,
+    threads: int,
+    rows: dict[str, dict[str, float]],
+    times: dict[str, float],
+    best_ckpt: dict[str, Path],
+) -> None:
+    import multiprocessing as mp
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
         futures = {
             pool.submit(
