@@ -158,15 +158,16 @@ def _run_row(
 def _row_worker(
     config: Path, base: list[str], m: DemoModel, run: Path, bench: Path, threads: int
 ) -> tuple[dict[str, float], float, Path]:
-    """One row in a worker process: its own thread share, its log in ``run/demo.log``, no
-    progress bars (``TQDM_DISABLE``, set before the worker starts: several lanes would interleave
-    their bars)."""
+    """One row in a worker process: its own thread share, and its log and stderr in
+    ``run/demo.log``, so that no bar of several lanes reaches the console (``TQDM_DISABLE``, set
+    before the worker starts, turns off the bars that do not set ``disable`` themselves)."""
     import sys
 
     torch.set_num_threads(threads)
     run.mkdir(parents=True, exist_ok=True)
-    # bars that set ``disable`` themselves ignore TQDM_DISABLE: they go to the row's log too
-    sys.stderr = open(run / "demo.log", "a", buffering=1)  # noqa: SIM115 (the worker's lifetime)
+    if sys.stderr is not sys.__stderr__:  # the previous row's log, in a reused worker
+        sys.stderr.close()
+    sys.stderr = open(run / "demo.log", "a", buffering=1)  # noqa: SIM115 (until the next row)
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
@@ -189,7 +190,9 @@ def _run_rows_parallel(
     """``models`` in ``jobs`` processes, the most expensive first (later rows of the table are the
     larger models); the feature cache must already hold everything they read (the first row
     fills it: workers never write it at the same time)."""
+    import multiprocessing as mp
     import os
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     log.info("demo: %d rows in %d processes, %d thread(s) each; logs in %s/runs/<row>/demo.log",
@@ -198,41 +201,23 @@ def _run_rows_parallel(
     before = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
-        _submit_rows(config, base, models, out, bench, jobs, threads, rows, times, best_ckpt)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(
+                    _row_worker, config, base, m, out / "runs" / run_slug(m.name), bench, threads
+                ): m  # fmt: skip
+                for m in reversed(models)
+            }
+            for fut in as_completed(futures):
+                m = futures[fut]
+                rows[m.name], times[m.name], best_ckpt[m.name] = fut.result()
+                log.info("demo: %s done (%.0f s, test1 map@10 %.1f)", m.name, times[m.name],
+                         rows[m.name].get("map@10", float("nan")))  # fmt: skip
     finally:
         if before is None:
             os.environ.pop("TQDM_DISABLE", None)
         else:
             os.environ["TQDM_DISABLE"] = before
-
-
-def _submit_rows(
-    config: Path,
-    base: list[str],
-    models: list[DemoModel],
-    out: Path,
-    bench: Path,
-    jobs: int,
-    threads: int,
-    rows: dict[str, dict[str, float]],
-    times: dict[str, float],
-    best_ckpt: dict[str, Path],
-) -> None:
-    import multiprocessing as mp
-    from concurrent.futures import ProcessPoolExecutor, as_completed
-
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
-        futures = {
-            pool.submit(
-                _row_worker, config, base, m, out / "runs" / run_slug(m.name), bench, threads
-            ): m  # fmt: skip
-            for m in reversed(models)
-        }
-        for fut in as_completed(futures):
-            m = futures[fut]
-            rows[m.name], times[m.name], best_ckpt[m.name] = fut.result()
-            log.info("demo: %s done (%.0f s, test1 map@10 %.1f)", m.name, times[m.name],
-                     rows[m.name].get("map@10", float("nan")))  # fmt: skip
 
 
 PHRASE_KEYS = ["map@10", "recall@10", "recall_subset@1"]
