@@ -1,5 +1,6 @@
 """The demo's table and grid on the tiny benchmark (the real demo runs `lite` at default size)."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,8 @@ def test_demo_writes_table_and_grid(tmp_path, monkeypatch):
     monkeypatch.setattr(
         demo, "MODELS",
         [demo.DemoModel("tiny baseline (L_itc)", ["train.epochs=1"]),
-         demo.DemoModel("tiny DQE-CIR (full)", ["train.epochs=2"], "full")],
+         demo.DemoModel("tiny DQE-CIR (full)", ["train.epochs=2"], "full",
+                        init_from="tiny baseline (L_itc)")],
     )  # fmt: skip
     cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
     res = demo.run_demo(tmp_path / "data", tmp_path / "out", config=cfg, size="tiny",
@@ -43,14 +45,24 @@ def test_every_demo_row_is_a_valid_config(kind):
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard
             assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)
+        if m.init_from:  # continues an earlier row of the same backbone
+            names = [x.name for x in demo.MODELS]
+            parent = demo.MODELS[names.index(m.init_from)]
+            assert names.index(m.init_from) < names.index(m.name)
+            p = load_config(cfg, [*hints, *parent.overrides])
+            assert {k: v for k, v in p.model.backbone_kwargs.items() if k != "token_dropout"} == {
+                k: v for k, v in kw.items() if k != "token_dropout"
+            }
 
 
 def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkeypatch, capfd):
     # --jobs 2: the first row fills the cache, the other two train in two spawned workers at
     # once; the table keeps MODELS' order and every row is scored and logged to its own file.
+    # The full row continues the baseline's checkpoint: it waits for it, then starts from it.
     models = [demo.DemoModel("tiny untrained", ["train.epochs=0"]),
               demo.DemoModel("tiny baseline (L_itc)", ["train.epochs=1"]),
-              demo.DemoModel("tiny DQE-CIR (full)", ["train.epochs=2"], "full")]  # fmt: skip
+              demo.DemoModel("tiny DQE-CIR (full)", ["train.epochs=2"], "full",
+                             init_from="tiny baseline (L_itc)")]  # fmt: skip
     monkeypatch.setattr(demo, "MODELS", models)
     cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
     res = demo.run_demo(tmp_path / "data", tmp_path / "out", config=cfg, size="tiny",
@@ -64,11 +76,24 @@ def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkey
     for m in models[1:]:
         log = (tmp_path / "out" / "runs" / demo.run_slug(m.name) / "demo.log").read_text()
         assert "dqecir.train" in log
-    import json
-
+    full = tmp_path / "out" / "runs" / demo.run_slug(models[2].name)
+    itc = tmp_path / "out" / "runs" / demo.run_slug(models[1].name) / "best.safetensors"
+    init = [r for r in map(json.loads, (full / "log.jsonl").open()) if r["event"] == "init"]
+    assert init and init[0]["from"] == str(itc)
+    assert "starts from the best checkpoint of `tiny baseline (L_itc)`" in text
     got = json.loads((tmp_path / "out" / "results.json").read_text())["metrics"]
     assert set(got) == {m.name for m in models}
     assert all(0.0 <= got[m.name]["map@10"] <= 100.0 for m in models)
+
+
+def test_a_row_that_continues_a_missing_row_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setattr(demo, "MODELS", [demo.DemoModel("tiny", ["train.epochs=0"]),
+                                         demo.DemoModel("b", [], init_from="a")])  # fmt: skip
+    cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
+    for jobs in (1, 2):
+        with pytest.raises(ValueError, match="'b' starts from 'a'|cannot start"):
+            demo.run_demo(tmp_path / "data", tmp_path / f"out{jobs}", config=cfg, size="tiny",
+                          kind="shapes", jobs=jobs)  # fmt: skip
 
 
 def test_demo_refuses_zero_jobs(tmp_path):

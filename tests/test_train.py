@@ -347,3 +347,47 @@ def test_value_term_labels_come_from_the_train_lexicon_and_reach_the_log(bench, 
     assert all("attr_value" in s and s["attr_value"] > 0 for s in steps)
     off = Trainer(_cfg(bench, tmp_path, "model.attribute_weights=subspace"), tmp_path)
     assert off.data.value_labels is None
+
+
+def test_init_from_starts_the_backbone_from_a_checkpoint_and_the_new_heads_fresh(bench, tmp_path):
+    # an L_itc run (no attribute head), then full DQE-CIR continuing it: every backbone weight
+    # starts from the checkpoint, the attribute head fresh, and the log says which is which
+    off = ["model.attribute_weights=none", "trns.enabled=false", "loss.w_attr=0"]
+    src = train(_cfg(bench, tmp_path, "train.epochs=1", *off), tmp_path / "itc")
+    saved = load_checkpoint(src).model_state
+    cfg = _cfg(bench, tmp_path, "train.epochs=1", f"train.init_from={src}")
+    (tmp_path / "full").mkdir()
+    trainer = Trainer(cfg, tmp_path / "full")
+    fresh = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.warm_start(src)
+    trainer.log.close()
+    now = dict(trainer.model.named_parameters())
+    backbone = [k for k in saved if k.startswith("backbone.")]
+    assert backbone and all(torch.equal(now[k].detach(), saved[k]) for k in backbone)
+    heads = [n for n in now if n.startswith("aw.")]
+    assert heads and all(torch.equal(now[n].detach(), fresh[n]) for n in heads)
+    rec = [json.loads(x) for x in (tmp_path / "full" / "log.jsonl").read_text().splitlines()]
+    init = [r for r in rec if r["event"] == "init"]
+    assert (
+        init
+        and set(init[0]["fresh"]) == set(heads)
+        and init[0]["backbone_weights"] == len(backbone)
+    )
+    # through train(): the continued run trains and writes its own checkpoint
+    best = train(cfg, tmp_path / "full2")
+    assert best.exists() and any(
+        r["event"] == "init" for r in map(json.loads, (tmp_path / "full2" / "log.jsonl").open())
+    )
+
+
+def test_init_from_a_checkpoint_of_another_size_is_a_clear_error(bench, tmp_path):
+    from dqecir.errors import CheckpointError
+
+    src = train(_cfg(bench, tmp_path, "train.epochs=1", "model.backbone_kwargs.hidden=32"),
+                tmp_path / "small")  # fmt: skip
+    cfg = _cfg(bench, tmp_path, "train.epochs=1", f"train.init_from={src}")
+    with pytest.raises(CheckpointError, match=r"train.init_from .*small.*shape"):
+        train(cfg, tmp_path / "run")
+    missing = _cfg(bench, tmp_path, f"train.init_from={tmp_path / 'nope.safetensors'}")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        train(missing, tmp_path / "run2")

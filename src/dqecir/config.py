@@ -168,6 +168,12 @@ class TrainConfig:
     log_every: int = 10
     max_steps: int = 0
     """Stop after this many optimizer steps (0: no limit; for tests and smoke runs)."""
+    init_from: str = ""
+    """A checkpoint (a file, or a run folder for its ``best.safetensors``) whose weights a fresh
+    run starts from: every trainable backbone weight must be there with its shape (the same
+    backbone and sizes); the model's own heads load where the checkpoint has them and start
+    fresh where it has not (the attribute weights, when full DQE-CIR continues an ``L_itc``
+    run). The optimizer, schedule and TRNS state start fresh. Ignored by ``--resume``."""
     num_threads: int = 0
     """torch threads on CPU (0: torch default)."""
     tensorboard: bool = False

@@ -426,6 +426,48 @@ class Trainer:
         log.info("resumed from %s at epoch %d, step %d", ck.path, self.state.epoch,
                  self.state.global_step)  # fmt: skip
 
+    def warm_start(self, path: Path) -> None:
+        """Start the trainable weights from the checkpoint ``path`` (``train.init_from``):
+        every backbone weight must be there with its shape; the model's own heads load where
+        the checkpoint holds them and keep their fresh initialisation where it does not.
+        Optimizer, schedule, loop state and TRNS negatives stay fresh. What was loaded, left
+        fresh and ignored goes to the log (an ``init`` record)."""
+        ck = load_checkpoint(path)
+        where = f"train.init_from {ck.path}"
+        saved = ck.meta["config"].get("model", {}).get("backbone")
+        if saved != self.cfg.model.backbone:
+            raise CheckpointError(
+                f"{where}: a {saved!r} backbone's checkpoint, this run trains "
+                f"{self.cfg.model.backbone!r}"
+            )
+        sd = ck.model_state
+        bb = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        try:
+            self.model.backbone.load_trainable_state_dict(bb)
+        except CheckpointError as e:
+            raise CheckpointError(f"{where}: {e} (another fusion or size?)") from e
+        own = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
+        params = {n: p for n, p in self.model.named_parameters() if not n.startswith("backbone.")}
+        loaded, fresh = [], []
+        with torch.no_grad():
+            for n, p in params.items():
+                if n not in own:
+                    fresh.append(n)
+                    continue
+                if tuple(own[n].shape) != tuple(p.shape):
+                    raise CheckpointError(
+                        f"{where}: weight {n!r} has shape {tuple(own[n].shape)}, this run's "
+                        f"{tuple(p.shape)}"
+                    )
+                p.copy_(own[n].to(device=p.device, dtype=p.dtype))
+                loaded.append(n)
+        ignored = sorted(set(own) - set(params))
+        log.info("started from %s: %d backbone weights, heads %s loaded, %s fresh%s", ck.path,
+                 len(bb), loaded or "none", fresh or "none",
+                 f", {ignored} not used" if ignored else "")  # fmt: skip
+        self.log.write({"event": "init", "from": str(ck.path), "backbone_weights": len(bb),
+                        "loaded": loaded, "fresh": fresh, "ignored": ignored})  # fmt: skip
+
     def _restore(self, ck: Checkpoint) -> None:
         """Weights, optimizer, scheduler, loop state, TRNS negatives and RNG from ``ck``; any
         missing or misshapen piece raises (KeyError, ValueError...) before the loop starts."""
@@ -587,6 +629,8 @@ def train(
                 trainer.resume(out / "last.safetensors")
                 if env.is_main:
                     truncate_log(out / "log.jsonl", trainer.state.epoch)
+            elif cfg.train.init_from:
+                trainer.warm_start(Path(cfg.train.init_from))
             return trainer.fit(stop_after_epoch=stop_after_epoch)
         finally:
             trainer.log.close()
