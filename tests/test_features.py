@@ -181,6 +181,19 @@ def test_paths_as_sequence(tmp_path: Path, images: dict[str, Path]) -> None:
     assert t.tensor(ids).shape[0] == 2
 
 
+def test_text_cache_fills_in_order_of_length_and_returns_every_text_as_asked(tmp_path) -> None:
+    c = _tiny()
+    seen: list[list[str]] = []
+    inner = c.bb.text_features
+    c.bb.text_features = lambda texts: seen.append(list(texts)) or inner(texts)
+    texts = ["a much longer caption with many words in it", "red", "make it blue", "a b", "x"]
+    t = FeatureCache(tmp_path / "c").text_features(c.bb, texts, batch_size=2, progress=False)
+    assert [len(x) for batch in seen for x in batch] == sorted(len(x) for x in texts)
+    got, direct = t.get(texts), inner(texts)  # the caller's order, whatever the fill order
+    assert torch.equal(got["mask"], direct["mask"])
+    assert torch.allclose(got["tokens"], direct["tokens"], atol=1e-2)
+
+
 def test_text_features_unique_and_reused(tmp_path: Path) -> None:
     c = _tiny()
     cache = FeatureCache(tmp_path / "c")

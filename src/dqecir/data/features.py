@@ -409,6 +409,9 @@ class FeatureCache:
         missing = _missing(table, by_id)
         if not missing:
             return table  # type: ignore[return-value]
+        # shortest first: each batch then pads to about its own length, not to the longest
+        # text of a random draw (about a quarter less work on captions of 3-30 words)
+        missing.sort(key=lambda i: len(by_id[i]))
         log.info("feature cache %s: computing %d text features", store.root, len(missing))
 
         def batches() -> Iterator[dict[str, torch.Tensor]]:
