@@ -257,6 +257,23 @@ def test_lite_image_only_baseline_is_the_frozen_reference() -> None:
     assert torch.allclose(q, torch.nn.functional.normalize(feats.float().mean(1), dim=-1))
 
 
+def test_lite_image_tokens_run_channels_last_with_the_same_features() -> None:
+    from dqecir.models.backbones.lite import efficientnet_tokens
+
+    bb = create_backbone("lite", fusion="image_only")
+    net = bb.image_tower
+    px = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = net._swish(net._bn0(net._conv_stem(px)))  # the same stage, row-major all through
+        for block in net._blocks:
+            x = block(x)
+        want = x.flatten(2).transpose(1, 2)
+        got = efficientnet_tokens(net, px, "blocks")
+    assert got.shape == want.shape == (3, 16, 320)
+    assert torch.allclose(got, want, atol=1e-4)
+    assert torch.equal(bb.image_features(px), got)
+
+
 def test_blip2_random_folder_sees_images(blip2_dir: Path) -> None:
     """Different images must give different gallery tokens in the random test model."""
     bb = create_backbone("blip2", model_dir=str(blip2_dir))

