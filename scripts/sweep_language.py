@@ -90,6 +90,16 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, "train.lr=5e-4", ITC],
     ),
     "qz_cont_itc_e4": ("baseline+mask", [*QFORMER, *TOP2, HINTS, "train.epochs=4", ITC]),
+    # can the continuation keep more of the from-scratch row's unseen score? MiniLM's trained
+    # layers at a lower lr, or more token dropout, while TRNS trains
+    "qz_cont_full_e4_lrp3e4": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, "train.lr_pretrained=3e-4", ITC],
+    ),
+    "qz_cont_full_e4_drop20": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, f"{BB}.token_dropout=0.2", ITC],
+    ),
     # the other way to a shorter DQE-CIR row: from scratch, 6 epochs instead of 10
     "qz_top2_full_hints_e6": ("full", [*QFORMER, *TOP2, HINTS, *FULL_BAND, "train.epochs=6"]),
 }
