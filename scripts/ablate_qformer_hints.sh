@@ -5,7 +5,7 @@
 # Seed 0 of each variant is the demo's row of that name (the same config, checked): it is taken
 # from DEMO_OUT (the demo's --out, e.g. demo/ after `make demo`) by
 # scripts/ablation_seed_from_demo.py, so only seeds 1 and 2 are trained here. Since the demo's
-# DQE-CIR row continues its L_itc row for 4 epochs (commit after a835cb6) that row no longer has
+# DQE-CIR row continues its L_itc row for 4 epochs (commit c36c2a0) that row no longer has
 # the ablation's config and the check refuses it: take seed 0 from a demo made before (9d4e8f6's)
 # or train every seed with scripts/ablate_qformer_all.sh.
 # About 19 min per seed (both variants) on the 2-core VM.

@@ -263,12 +263,18 @@ def test_lite_image_tokens_run_channels_last_with_the_same_features() -> None:
     bb = create_backbone("lite", fusion="image_only")
     net = bb.image_tower
     px = torch.randn(3, 3, 112, 112, generator=torch.Generator().manual_seed(0))
+    layouts = []
+    hook = net._conv_stem.register_forward_pre_hook(
+        lambda _m, args: layouts.append(args[0].is_contiguous(memory_format=torch.channels_last))
+    )
     with torch.no_grad():
         x = net._swish(net._bn0(net._conv_stem(px)))  # the same stage, row-major all through
         for block in net._blocks:
             x = block(x)
         want = x.flatten(2).transpose(1, 2)
         got = efficientnet_tokens(net, px, "blocks")
+    hook.remove()
+    assert layouts == [False, True]  # the row-major reference, then channels-last
     assert got.shape == want.shape == (3, 16, 320)
     assert torch.allclose(got, want, atol=1e-4)
     assert torch.equal(bb.image_features(px), got)

@@ -86,14 +86,18 @@ def test_demo_rows_in_parallel_processes_match_the_serial_table(tmp_path, monkey
     assert all(0.0 <= got[m.name]["map@10"] <= 100.0 for m in models)
 
 
-def test_a_row_that_continues_a_missing_row_is_refused(tmp_path, monkeypatch):
+@pytest.mark.parametrize("parent", ["a", "c"])  # no such row; a later row
+def test_a_row_that_continues_no_earlier_row_is_refused_before_training(tmp_path, monkeypatch,
+                                                                         parent):  # fmt: skip
     monkeypatch.setattr(demo, "MODELS", [demo.DemoModel("tiny", ["train.epochs=0"]),
-                                         demo.DemoModel("b", [], init_from="a")])  # fmt: skip
+                                         demo.DemoModel("b", [], init_from=parent),
+                                         demo.DemoModel("c", [])])  # fmt: skip
     cfg = Path(__file__).resolve().parents[1] / "configs" / "tiny_shapes.yaml"
     for jobs in (1, 2):
-        with pytest.raises(ValueError, match="'b' starts from 'a'|cannot start"):
+        with pytest.raises(ValueError, match=f"'b' starts from '{parent}', not an earlier row"):
             demo.run_demo(tmp_path / "data", tmp_path / f"out{jobs}", config=cfg, size="tiny",
                           kind="shapes", jobs=jobs)  # fmt: skip
+        assert not (tmp_path / f"out{jobs}" / "runs").exists()  # nothing trained
 
 
 def test_demo_refuses_zero_jobs(tmp_path):

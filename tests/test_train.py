@@ -224,9 +224,10 @@ def test_resume_log_truncation_drops_lines_that_are_not_records(tmp_path):
     path = tmp_path / "log.jsonl"
     good = [json.dumps({"event": "epoch", "epoch": e, "step": 4 * e}) for e in (0, 1)]
     junk = ["[" * 100_000 + "]" * 100_000, '{"event": "step", "epoch": ' + "9" * 5000 + "}"]
-    path.write_text("\n".join([good[0], *junk, good[1]]) + "\n")
+    init = json.dumps({"event": "init", "from": "x.safetensors", "loaded": [], "fresh": []})
+    path.write_text("\n".join([init, good[0], *junk, "[1]", good[1]]) + "\n")
     truncate_log(path, epochs_done=1)
-    assert path.read_text().splitlines() == [good[0]]
+    assert path.read_text().splitlines() == [init, good[0]]  # a warm start's record stays
 
 
 def _rewrite_checkpoint(path: Path, change) -> None:
@@ -378,6 +379,20 @@ def test_init_from_starts_the_backbone_from_a_checkpoint_and_the_new_heads_fresh
     assert best.exists() and any(
         r["event"] == "init" for r in map(json.loads, (tmp_path / "full2" / "log.jsonl").open())
     )
+
+
+def test_init_from_keeps_a_frozen_temperature_as_configured(bench, tmp_path):
+    src = train(_cfg(bench, tmp_path, "train.epochs=1"), tmp_path / "src")
+    cfg = _cfg(bench, tmp_path, "train.epochs=1", "loss.learn_temperature=false",
+               "loss.temperature=0.2", f"train.init_from={src}")  # fmt: skip
+    (tmp_path / "run").mkdir()
+    trainer = Trainer(cfg, tmp_path / "run")
+    trainer.warm_start(src)
+    trainer.log.close()
+    assert trainer._tau() == pytest.approx(0.2)
+    saved = load_checkpoint(src).model_state
+    heads = [(n, p) for n, p in trainer.model.named_parameters() if n.startswith("aw.")]
+    assert heads and all(torch.equal(p.detach(), saved[n]) for n, p in heads)  # they did load
 
 
 def test_init_from_a_checkpoint_of_another_size_is_a_clear_error(bench, tmp_path):

@@ -119,6 +119,9 @@ def run_demo(
 
     if jobs < 1:
         raise ValueError(f"demo jobs must be >= 1, got {jobs}")
+    for i, m in enumerate(MODELS):  # before anything trains: a row continues an earlier one
+        if m.init_from and m.init_from not in [x.name for x in MODELS[:i]]:
+            raise ValueError(f"demo row {m.name!r} starts from {m.init_from!r}, not an earlier row")
     t_start = time.perf_counter()
     config = config or CONFIG_DIR / f"lite_{kind}.yaml"
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +160,7 @@ def _start(m: DemoModel, best_ckpt: dict[str, Path]) -> Path | None:
         return None
     if m.init_from not in best_ckpt:
         raise ValueError(f"demo row {m.name!r} starts from {m.init_from!r}, which has not run")
-    return best_ckpt[m.init_from]
+    return best_ckpt[m.init_from].resolve()
 
 
 def _run_row(

@@ -104,8 +104,9 @@ def truncate_log(path: Path, epochs_done: int) -> None:
     for line in path.read_text(encoding="utf-8").splitlines():
         try:
             record = json.loads(line)
-            keep = int(record["epoch"]) < epochs_done
-        except (ValueError, KeyError, TypeError, RecursionError):  # not a record of ours
+            # where a warm-started run's weights came from stays (it precedes every epoch)
+            keep = record.get("event") == "init" or int(record["epoch"]) < epochs_done
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # not ours
             keep = False
         if keep:
             kept.append(line)

@@ -447,7 +447,12 @@ class Trainer:
         except CheckpointError as e:
             raise CheckpointError(f"{where}: {e} (another fusion or size?)") from e
         own = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
-        params = {n: p for n, p in self.model.named_parameters() if not n.startswith("backbone.")}
+        # frozen heads (e.g. a fixed temperature) keep this run's configured values
+        params = {
+            n: p
+            for n, p in self.model.named_parameters()
+            if not n.startswith("backbone.") and p.requires_grad
+        }
         loaded, fresh = [], []
         with torch.no_grad():
             for n, p in params.items():
