@@ -155,12 +155,9 @@ def run_demo(
 
 
 def _start(m: DemoModel, best_ckpt: dict[str, Path]) -> Path | None:
-    """The checkpoint row ``m`` starts from (its ``init_from`` row's best), None from scratch."""
-    if not m.init_from:
-        return None
-    if m.init_from not in best_ckpt:
-        raise ValueError(f"demo row {m.name!r} starts from {m.init_from!r}, which has not run")
-    return best_ckpt[m.init_from].resolve()
+    """The checkpoint row ``m`` starts from (its ``init_from`` row's best, which has run:
+    :func:`run_demo` checks that it is an earlier row), None from scratch."""
+    return best_ckpt[m.init_from].resolve() if m.init_from else None
 
 
 def _run_row(
@@ -243,8 +240,8 @@ def _run_rows_parallel(
                     start = _start(m, best_ckpt)
                     running[pool.submit(_row_worker, config, base, m, run, bench, threads,
                                         start)] = m  # fmt: skip
-                if not running:  # what is left waits on a row that is not among them
-                    raise ValueError(f"demo rows {[m.name for m in waiting]} cannot start")
+                # every parent is an earlier row (run_demo checked): one is always running
+                assert running, f"demo rows {[m.name for m in waiting]} cannot start"
                 done, _ = wait(running, return_when=FIRST_COMPLETED)
                 for fut in done:
                     m = running.pop(fut)
@@ -337,14 +334,8 @@ def _markdown(
             cells = [f"{_f(m, k)} / {_f(m, 'unseen:' + k)}"
                      for k in ("attr_acc.color", "attr_acc.shape", "attr_acc")]  # fmt: skip
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lanes = (
-        ""
-        if jobs == 1
-        else (
-            f" (rows after the first in {jobs} processes at once: a "
-            "row's s is its own wall time, sharing the CPU)"
-        )
-    )
+    lanes = "" if jobs == 1 else (f" (rows after the first in {jobs} processes at once: a row's "
+                                  "s is its own wall time, sharing the CPU)")  # fmt: skip
     lines += ["", f"Total wall time of the demo's training and evaluation: {total:.0f} s{lanes}.",
               ""]  # fmt: skip
     return "\n".join(lines)

@@ -441,37 +441,16 @@ class Trainer:
                 f"{self.cfg.model.backbone!r}"
             )
         sd = ck.model_state
-        bb = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         try:
-            self.model.backbone.load_trainable_state_dict(bb)
-        except CheckpointError as e:
-            raise CheckpointError(f"{where}: {e} (another fusion or size?)") from e
-        own = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
-        # frozen heads (e.g. a fixed temperature) keep this run's configured values
-        params = {
-            n: p
-            for n, p in self.model.named_parameters()
-            if not n.startswith("backbone.") and p.requires_grad
-        }
-        loaded, fresh = [], []
-        with torch.no_grad():
-            for n, p in params.items():
-                if n not in own:
-                    fresh.append(n)
-                    continue
-                if tuple(own[n].shape) != tuple(p.shape):
-                    raise CheckpointError(
-                        f"{where}: weight {n!r} has shape {tuple(own[n].shape)}, this run's "
-                        f"{tuple(p.shape)}"
-                    )
-                p.copy_(own[n].to(device=p.device, dtype=p.dtype))
-                loaded.append(n)
-        ignored = sorted(set(own) - set(params))
+            heads = self.model.load_trainable_state_dict(sd, partial_heads=True)
+        except (CheckpointError, KeyError) as e:
+            why = e.args[0] if isinstance(e, KeyError) else e
+            raise CheckpointError(f"{where}: {why} (another fusion or size?)") from e
+        n_bb = sum(k.startswith("backbone.") for k in sd)
         log.info("started from %s: %d backbone weights, heads %s loaded, %s fresh%s", ck.path,
-                 len(bb), loaded or "none", fresh or "none",
-                 f", {ignored} not used" if ignored else "")  # fmt: skip
-        self.log.write({"event": "init", "from": str(ck.path), "backbone_weights": len(bb),
-                        "loaded": loaded, "fresh": fresh, "ignored": ignored})  # fmt: skip
+                 n_bb, heads["loaded"] or "none", heads["fresh"] or "none",
+                 f", {heads['ignored']} not used" if heads["ignored"] else "")  # fmt: skip
+        self.log.write({"event": "init", "from": str(ck.path), "backbone_weights": n_bb, **heads})
 
     def _restore(self, ck: Checkpoint) -> None:
         """Weights, optimizer, scheduler, loop state, TRNS negatives and RNG from ``ck``; any

@@ -84,23 +84,34 @@ class CIRModel(nn.Module):
                 sd[name] = p.detach()
         return sd
 
-    def load_trainable_state_dict(self, sd: dict[str, torch.Tensor]) -> None:
+    def load_trainable_state_dict(
+        self, sd: dict[str, torch.Tensor], *, partial_heads: bool = False
+    ) -> dict[str, list[str]]:
+        """Load what :meth:`trainable_state_dict` returned; the backbone's weights must all
+        match. Every head (the model's own weights) must match too, unless ``partial_heads`` (a
+        warm start, ``train.init_from``): then trainable heads load where ``sd`` has them and
+        keep their initialisation where it has not, frozen ones (a fixed temperature) keep this
+        model's values, and heads of ``sd`` this model lacks are ignored. Returns the head
+        names ``loaded``, ``fresh`` and ``ignored``."""
         bb = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
         self.backbone.load_trainable_state_dict(bb)
         own = {k: v for k, v in sd.items() if not k.startswith("backbone.")}
-        expected = {n for n, _ in self.named_parameters() if not n.startswith("backbone.")}
-        missing = expected - set(own)
-        unexpected = set(own) - expected
-        if missing or unexpected:
-            raise KeyError(
-                f"state dict mismatch: missing {sorted(missing)}, unexpected {sorted(unexpected)}"
-            )
-        params = dict(self.named_parameters())
+        params = {
+            n: p
+            for n, p in self.named_parameters()
+            if not n.startswith("backbone.") and (p.requires_grad or not partial_heads)
+        }
+        missing = sorted(set(params) - set(own))
+        unexpected = sorted(set(own) - set(params))
+        if not partial_heads and (missing or unexpected):
+            raise KeyError(f"state dict mismatch: missing {missing}, unexpected {unexpected}")
+        loaded = [n for n in params if n in own]
         with torch.no_grad():
-            for k, v in own.items():
-                if params[k].shape != v.shape:
-                    raise KeyError(f"{k}: shape {tuple(v.shape)} != {tuple(params[k].shape)}")
-                params[k].copy_(v)
+            for k in loaded:
+                if params[k].shape != own[k].shape:
+                    raise KeyError(f"{k}: shape {tuple(own[k].shape)} != {tuple(params[k].shape)}")
+                params[k].copy_(own[k])
+        return {"loaded": loaded, "fresh": missing, "ignored": unexpected}
 
 
 @torch.no_grad()
