@@ -12,5 +12,7 @@ echo "== TRNS step: distinct negatives encoded once vs per slot, with and withou
 $PY benchmarks/trns_step.py --steps 4 --set "data.root=$DATA/fmnist-default/cirr"
 echo "== text-cache fill: whole MiniLM tower vs the layers below the trained ones"
 $PY benchmarks/text_cache.py --texts 1000 --repeats 2
+echo "== feature-cache fill: channels-last image tower, text cache shortest first (vs before)"
+$PY benchmarks/feature_fill.py --root "$DATA/fmnist-default/cirr" --images 256 --texts 1024 --repeats 2
 echo "== search engines"
 OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md

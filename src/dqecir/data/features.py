@@ -410,7 +410,8 @@ class FeatureCache:
         if not missing:
             return table  # type: ignore[return-value]
         # shortest first: each batch then pads to about its own length, not to the longest
-        # text of a random draw (about a quarter less work on captions of 3-30 words)
+        # text of a random draw (1.15x the texts/s on hinted fmnist captions at 2 threads,
+        # benchmarks/results/feature-fill.md)
         missing.sort(key=lambda i: len(by_id[i]))
         log.info("feature cache %s: computing %d text features", store.root, len(missing))
 

@@ -96,7 +96,8 @@ def efficientnet_tokens(net: nn.Module, pixels: torch.Tensor, stage: str) -> tor
     """Feature map of ``net`` at ``stage`` as tokens ``[B, h*w, C]`` (eval mode expected).
 
     The pixels go in channels-last: the same features to float rounding (3.7e-5 at most on 512
-    fmnist images) about 1.6x faster on CPU (142 -> 225 images/s at 2 threads, 112 px)."""
+    fmnist images) 1.7x faster on CPU (111 -> 190 images/s at 2 threads, 112 px;
+    benchmarks/results/feature-fill.md)."""
     pixels = pixels.contiguous(memory_format=torch.channels_last)
     if stage == "head":
         x = net.extract_features(pixels)
