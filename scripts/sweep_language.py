@@ -29,6 +29,7 @@ ITC = "train.init_from={itc}"  # the checkpoint given by --itc
 BB = "model.backbone_kwargs"
 TOP1 = [f"{BB}.text_layers=1", "train.amp=bf16", f"{BB}.token_dropout=0.1"]
 TOP2 = [f"{BB}.text_layers=2", "train.amp=bf16", f"{BB}.token_dropout=0.1"]
+NODROP = [f"{BB}.dropout=0.0", f"{BB}.text_dropout=0.0"]
 RUNS: dict[str, tuple[str, list[str]]] = {
     # name: (loss variant, overrides). The runs recorded in docs/method.md ("Words people type"),
     # in the order they were made; the first group on the benchmark before its colour words
@@ -102,6 +103,22 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     ),
     # the other way to a shorter DQE-CIR row: from scratch, 6 epochs instead of 10
     "qz_top2_full_hints_e6": ("full", [*QFORMER, *TOP2, HINTS, *FULL_BAND, "train.epochs=6"]),
+    # no dropout in the fusion and MiniLM's trained layers (about 10 % of a qformer step,
+    # benchmarks/train_step.py): the L_itc row in 10 and 8 epochs against qz_top2_hints, then
+    # DQE-CIR continuing such a row (--itc) for 4 and 3 epochs against qz_cont_full_e4 / _e3
+    "qz_top2_hints_nodrop": ("baseline+mask", [*QFORMER, *TOP2, HINTS, *NODROP]),
+    "qz_top2_hints_nodrop_e8": (
+        "baseline+mask",
+        [*QFORMER, *TOP2, HINTS, *NODROP, "train.epochs=8"],
+    ),
+    "qz_cont_full_e4_nodrop": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, ITC],
+    ),
+    "qz_cont_full_e3_nodrop": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3", ITC],
+    ),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

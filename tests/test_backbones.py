@@ -342,6 +342,63 @@ def test_lite_token_dropout_only_in_training_and_keeps_cls() -> None:
         create_backbone("lite", fusion="combiner", token_dropout=1.0)
 
 
+def test_lite_text_dropout_sets_the_trained_minilm_layers_only() -> None:
+    """``text_dropout`` is MiniLM's own dropout in the trained top layers (0.1 by default, as the
+    tower ships); 0 makes a training forward of those layers deterministic."""
+    default = create_backbone("lite", fusion="sum", text_dtype="float32", text_layers=1)
+    drops = [m.p for m in default.text_top.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops and all(p == 0.1 for p in drops)
+    bb = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=1, text_dropout=0.0
+    )
+    assert all(m.p == 0.0 for m in bb.text_top.modules() if isinstance(m, torch.nn.Dropout))
+    assert bb.config()["text_dropout"] == 0.0
+    feats = bb.text_features(["a red shirt with long sleeves", "make it blue"])
+    bb.train()
+    a = bb._text_states(feats["tokens"], feats["mask"])[0]
+    b = bb._text_states(feats["tokens"], feats["mask"])[0]
+    assert torch.equal(a, b)
+    default.train()
+    torch.manual_seed(0)
+    c = default._text_states(feats["tokens"], feats["mask"])[0]
+    assert not torch.allclose(a, c)  # 0.1 drops in training
+    with pytest.raises(ValueError, match="text_dropout"):
+        create_backbone("lite", fusion="sum", text_layers=1, text_dropout=1.0)
+
+
+def test_lite_text_top_math_attention_agrees_with_the_default_kernel() -> None:
+    """With gradients on a CPU the trained MiniLM layers run PyTorch's math attention kernel
+    (faster there); its states and gradients are the default kernel's to float rounding."""
+    import contextlib
+
+    from dqecir.models.backbones import lite
+
+    assert lite._text_top_attention(torch.device("cpu")) is not None
+    with torch.no_grad():
+        assert isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
+    assert not isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
+    bb = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=2, text_dropout=0.0
+    ).train()
+    feats = bb.text_features(["a red shirt", "the same dress but in green with long sleeves"])
+
+    def run() -> tuple[torch.Tensor, torch.Tensor]:
+        bb.zero_grad()
+        out = bb._text_states(feats["tokens"], feats["mask"])[0]
+        out.pow(2).sum().backward()
+        return out.detach(), bb.text_top[0].attention.self.query.weight.grad.clone()
+
+    math_out, math_grad = run()
+    chosen = lite._text_top_attention
+    lite._text_top_attention = lambda device: contextlib.nullcontext()
+    try:
+        ref_out, ref_grad = run()
+    finally:
+        lite._text_top_attention = chosen
+    assert torch.allclose(math_out, ref_out, atol=1e-4)
+    assert torch.allclose(math_grad, ref_grad, rtol=1e-3, atol=1e-4)
+
+
 def test_blip2_pickled_weights_are_refused_with_a_message(tmp_path: Path, blip2_dir: Path) -> None:
     """A pytorch_model.bin that unpickles code: torch's weights_only loader refuses it; that
     refusal is a clear DataError (it was a traceback), and the code never runs."""

@@ -406,3 +406,39 @@ def test_init_from_a_checkpoint_of_another_size_is_a_clear_error(bench, tmp_path
     missing = _cfg(bench, tmp_path, f"train.init_from={tmp_path / 'nope.safetensors'}")
     with pytest.raises(CheckpointError, match="does not exist"):
         train(missing, tmp_path / "run2")
+
+
+def test_mining_embeds_under_the_training_autocast_and_scores_in_float32(
+    bench, tmp_path, monkeypatch
+):
+    """train.amp reaches TRNS mining: the pool and the queries are embedded under it, and the
+    scores that pick the negatives are float32 (outside the autocast)."""
+    import dqecir.mining as mining
+
+    trainer = Trainer(_cfg(bench, tmp_path, "train.amp=bf16"), tmp_path / "run")
+    trainer.log.close()
+    casts, dtypes = [], []
+    embed, select = mining.embed_gallery, mining.mine_negatives
+
+    def spy_embed(*a, **k):
+        casts.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return embed(*a, **k)
+
+    def spy_select(queries, pool, *a, **k):
+        dtypes.append((queries.dtype, pool.dtype, torch.is_autocast_enabled("cpu")))
+        return select(queries, pool, *a, **k)
+
+    monkeypatch.setattr(mining, "embed_gallery", spy_embed)
+    monkeypatch.setattr(mining, "mine_negatives", spy_select)
+    low, _ = trainer.miner.mine(trainer.model, trainer._tau(), 5, amp=torch.bfloat16)
+    full, _ = trainer.miner.mine(trainer.model, trainer._tau(), 5, amp=None)
+    assert casts == [torch.bfloat16, None]
+    assert dtypes == [(torch.float32, torch.float32, False)] * 2
+    qz = trainer.queries
+    for negs in (low, full):
+        assert negs.shape == (len(qz), trainer.cfg.trns.k) and (negs >= 0).any()
+        for i in range(len(qz)):  # never the reference or an annotated ground truth
+            got = set(negs[i][negs[i] >= 0].tolist())
+            assert not got & ({int(qz.reference[i])} | set(qz.gts[i]))
+    trainer.mine()  # the Trainer passes its own autocast
+    assert casts[-1] == torch.bfloat16

@@ -37,21 +37,31 @@ class NegativeMiner:
         self.excluded = Exclusions(never[self.rows])
 
     @torch.no_grad()
-    def mine(self, model: CIRModel, tau: float, seed: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """``[Q, K]`` negatives of every query (-1 where none) and the mining statistics."""
+    def mine(
+        self, model: CIRModel, tau: float, seed: int, amp: torch.dtype | None = None
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        """``[Q, K]`` negatives of every query (-1 where none) and the mining statistics.
+
+        ``amp``: the training autocast dtype (``train.amp``), under which the pool and the
+        queries are embedded as the steps see them (at bf16 on a CPU in about a third of the
+        time, benchmarks/train_step.py); the scores that pick the negatives are float32."""
         t0 = time.perf_counter()
         model.eval()
         d, mine, bs, qz = self.dist, self.rows, self.batch_size, self.queries
         images = self.table.images  # on the CPU; batches move to the device
         pool_rows = images if not d.active else _Rows(images, d.share(len(images)))
-        pool = d.gather_nograd(embed_gallery(model, pool_rows, self.device, bs))  # all of it
+        cast = torch.autocast(self.device.type, dtype=amp or torch.float32, enabled=amp is not None)
+        with cast:
+            pool = embed_gallery(model, pool_rows, self.device, bs).float()
+        pool = d.gather_nograd(pool)  # all of it
         t_pool = time.perf_counter() - t0
         qs = []
         for i in range(mine.start, mine.stop, bs):
             sl = slice(i, min(i + bs, mine.stop))
             tf = {k: v.to(self.device) for k, v in self.table.text_batch(qz.text[sl, 0]).items()}
             ref = images[qz.reference[sl]].to(self.device, non_blocking=True).float()
-            qs.append(model.query(ref, tf)["q_star"].float())
+            with cast:
+                qs.append(model.query(ref, tf)["q_star"].float())
         gen = torch.Generator(device=self.device).manual_seed(seed + 7919 * d.rank)
         res = mine_negatives(
             torch.cat(qs), pool, qz.target[mine].to(self.device), self.excluded, self.cfg.k,

@@ -313,7 +313,7 @@ class Trainer:
     def mine(self) -> dict[str, float]:
         """New negative sets for every training query; returns the mining statistics."""
         seed = self.cfg.train.seed * 1000 + self.state.trns_updates
-        self.negatives, stats = self.miner.mine(self.model, self._tau(), seed)
+        self.negatives, stats = self.miner.mine(self.model, self._tau(), seed, amp=self.amp)
         self.state.trns_last_step = self.state.global_step
         self.state.trns_updates += 1
         self.model.train()

@@ -17,6 +17,7 @@ Sizes and the measurements behind the defaults are in docs/method.md ("Backbone 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from importlib import metadata
 from pathlib import Path
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch.nn import functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dqecir.data.hints import load_hints
 from dqecir.data.images import Preprocess
@@ -115,6 +117,16 @@ def _package_id(dist: str, weights: Path) -> str:
         version = "?"
     size = weights.stat().st_size if weights.is_file() else -1
     return f"{dist}=={version}:{weights.name}:{size}"
+
+
+def _text_top_attention(device: torch.device) -> Any:
+    """The attention kernel of the trained MiniLM layers: on a CPU with gradients on, PyTorch's
+    math kernel. Its forward and backward over a batch of short captions take about half the time
+    of the CPU flash kernel's, whose backward is the slowest op of a qformer step
+    (benchmarks/train_step.py); the two agree to float rounding. Elsewhere: PyTorch's choice."""
+    if device.type != "cpu" or not torch.is_grad_enabled():
+        return contextlib.nullcontext()
+    return sdpa_kernel(SDPBackend.MATH)
 
 
 # ---- trainable fusions --------------------------------------------------------------
@@ -336,6 +348,7 @@ class LiteBackbone(Backbone):
         text_layers: int = 0,
         text_trainable: bool = True,
         token_dropout: float = 0.0,
+        text_dropout: float = 0.1,
         text_dtype: str = "bfloat16",
         text_hints: str = "",
     ) -> None:
@@ -354,6 +367,8 @@ class LiteBackbone(Backbone):
             )
         if not 0.0 <= token_dropout < 1.0:
             raise ValueError(f"lite token_dropout must be in [0, 1), got {token_dropout}")
+        if not 0.0 <= text_dropout < 1.0:
+            raise ValueError(f"lite text_dropout must be in [0, 1), got {text_dropout}")
         self._config = dict(
             fusion=fusion, dim=dim, image_size=image_size, image_stage=image_stage,
             max_text_len=max_text_len, num_queries=num_queries, num_layers=num_layers,
@@ -361,7 +376,7 @@ class LiteBackbone(Backbone):
             dropout=dropout, target_pad=target_pad, image_skip=image_skip, text_skip=text_skip,
             h_from=h_from,
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
-            text_dtype=text_dtype, text_hints=text_hints,
+            text_dropout=text_dropout, text_dtype=text_dtype, text_hints=text_hints,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         # WordNet hints for words the training captions never used (dqecir.data.hints)
@@ -386,6 +401,11 @@ class LiteBackbone(Backbone):
         )
         for p in self.text_top.parameters():
             p.requires_grad_(text_trainable)
+        # MiniLM's own dropout (0.1 on its attention weights and both residual branches) in the
+        # trained top layers; the frozen tower below runs in eval mode and never drops.
+        for m in self.text_top.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = text_dropout
         # The cached states are those below the top layers, so the caching tower stops there:
         # its own top layers would only be computed and thrown away (a third of the cache fill
         # at text_layers 2).
@@ -503,15 +523,16 @@ class LiteBackbone(Backbone):
         lengths = mask.sum(1)
         order = torch.argsort(lengths)
         out = torch.zeros_like(tokens)
-        for start in range(0, len(order), TEXT_BUCKET):
-            rows = order[start : start + TEXT_BUCKET]
-            width = max(1, int(lengths[rows].max()))
-            x, m = tokens[rows, :width], mask[rows, :width]
-            bias = (~m)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
-            for layer in self.text_top:
-                y = layer(x, attention_mask=bias)
-                x = y[0] if isinstance(y, tuple) else y
-            out[rows, :width] = x.to(out.dtype)
+        with _text_top_attention(tokens.device):
+            for start in range(0, len(order), TEXT_BUCKET):
+                rows = order[start : start + TEXT_BUCKET]
+                width = max(1, int(lengths[rows].max()))
+                x, m = tokens[rows, :width], mask[rows, :width]
+                bias = (~m)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
+                for layer in self.text_top:
+                    y = layer(x, attention_mask=bias)
+                    x = y[0] if isinstance(y, tuple) else y
+                out[rows, :width] = x.to(out.dtype)
         return out
 
     def _dtype(self) -> torch.dtype:
