@@ -19,13 +19,15 @@ from pathlib import Path
 
 from dqecir.ablate import variant_overrides
 from dqecir.config import load_config
-from dqecir.demo import CONTINUE, FULL_BAND, QFORMER
+from dqecir.demo import FULL_BAND, QFORMER
 from dqecir.evaluate import evaluate_checkpoint
 from dqecir.train import train
 
 COMBINER = ["model.backbone_kwargs.fusion=combiner"]
 HINTS = "model.backbone_kwargs.text_hints=fmnist"
 ITC = "train.init_from={itc}"  # the checkpoint given by --itc
+# a continuation as the demo's DQE-CIR row first made it (4 epochs, TRNS from the first one)
+CONTINUE = ["train.epochs=4", "trns.warmup_epochs=0"]
 BB = "model.backbone_kwargs"
 TOP1 = [f"{BB}.text_layers=1", "train.amp=bf16", f"{BB}.token_dropout=0.1"]
 TOP2 = [f"{BB}.text_layers=2", "train.amp=bf16", f"{BB}.token_dropout=0.1"]
@@ -118,6 +120,15 @@ RUNS: dict[str, tuple[str, list[str]]] = {
     "qz_cont_full_e3_nodrop": (
         "full",
         [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3", ITC],
+    ),
+    "qz_cont_full_e2_nodrop": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=2", ITC],
+    ),
+    # the control: the same continuation (3 epochs) with the baseline loss
+    "qz_cont_itc_e3_nodrop": (
+        "baseline+mask",
+        [*QFORMER, *TOP2, HINTS, *NODROP, "train.epochs=3", ITC],
     ),
 }
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",

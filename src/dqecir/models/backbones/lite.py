@@ -523,7 +523,8 @@ class LiteBackbone(Backbone):
         lengths = mask.sum(1)
         order = torch.argsort(lengths)
         out = torch.zeros_like(tokens)
-        with _text_top_attention(tokens.device):
+        trained = self.text_trainable and torch.is_grad_enabled()
+        with _text_top_attention(tokens.device) if trained else contextlib.nullcontext():
             for start in range(0, len(order), TEXT_BUCKET):
                 rows = order[start : start + TEXT_BUCKET]
                 width = max(1, int(lengths[rows].max()))
