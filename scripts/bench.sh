@@ -14,5 +14,7 @@ echo "== text-cache fill: whole MiniLM tower vs the layers below the trained one
 $PY benchmarks/text_cache.py --texts 1000 --repeats 2
 echo "== feature-cache fill: channels-last image tower, text cache shortest first (vs before)"
 $PY benchmarks/feature_fill.py --root "$DATA/fmnist-default/cirr" --images 256 --texts 1024 --repeats 2
+echo "== training step of the demo's qformer rows (attention kernel, dropout) and TRNS mining (bf16)"
+$PY benchmarks/train_step.py --root "$DATA/fmnist-default/cirr" --steps 4 --repeats 1
 echo "== search engines"
 OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md

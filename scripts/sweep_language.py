@@ -125,6 +125,10 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         "full",
         [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=2", ITC],
     ),
+    "qz_top2_hints_nodrop_e7": (
+        "baseline+mask",
+        [*QFORMER, *TOP2, HINTS, *NODROP, "train.epochs=7"],
+    ),
     # the control: the same continuation (3 epochs) with the baseline loss
     "qz_cont_itc_e3_nodrop": (
         "baseline+mask",

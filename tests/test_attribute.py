@@ -157,3 +157,29 @@ def test_value_term_pulls_queries_to_every_target_of_the_named_value():
     on = AttributeLoss(1.0, 0.0, 0.5)(aw, h, q, t, labels, tau, values)
     assert "attr_value" not in off and "attr_value" in on
     assert torch.allclose(on["attr"], off["attr"] + 0.5 * on["attr_value"])
+
+
+def test_lexicon_labels_match_a_search_of_each_phrase_alone():
+    """labels() scans one alternation per attribute; on texts built from the phrases, parts of
+    them and their neighbours it answers as a whole-word search of every phrase one by one."""
+    import random
+    import re
+
+    words = {
+        "color": {"red": ["red", "dark red", "brick"], "blue": ["sky blue", "navy", "t-blue"]},
+        "shape": {"boot": ["boot", "ankle boot"], "shirt": ["t-shirt", "shirt"]},
+    }
+    lex = Lexicon(words, fuzzy_min_len=0)
+    pieces = ["red", "dark", "reddish", "bricks", "sky", "blue", "navy", "t-blue", "t", "boot",
+              "boots", "ankle", "t-shirt", "shirts", "shirt-", "make", "it", ",", "-", "Red"]  # fmt: skip
+    rng = random.Random(0)
+
+    def brute(text: str, a: str) -> float:
+        t = text.lower()
+        return float(any(re.search(r"\b" + re.escape(p.lower()) + r"\b", t)
+                         for ps in words[a].values() for p in ps))  # fmt: skip
+
+    for _ in range(2000):
+        text = " ".join(rng.choice(pieces) for _ in range(rng.randint(1, 5)))
+        text = text.replace(" ,", ",") if rng.random() < 0.5 else text
+        assert lex.labels(text, ["color", "shape"]) == [brute(text, "color"), brute(text, "shape")]

@@ -16,6 +16,7 @@ from safetensors.torch import load_file, save_file
 from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone
 from dqecir.models.backbones.blip2 import check_model_dir, save_random_blip2
+from dqecir.models.backbones.tiny import masked_mean
 from dqecir.registry import Registry, UnknownNameError, create_backbone, list_backbones
 from dqecir.similarity import similarity
 
@@ -417,3 +418,42 @@ def test_blip2_pickled_weights_are_refused_with_a_message(tmp_path: Path, blip2_
         create_backbone("blip2", model_dir=str(folder))
     assert str(folder) in str(e.value) and "safetensors" in str(e.value)
     assert not marker.exists()
+
+
+def test_lite_text_pooled_caches_the_sentence_embedding_a_frozen_pooling_fusion_reads() -> None:
+    """``text_pooled``: the text features also hold MiniLM's own sentence embedding (its top
+    layers as shipped, mean-pooled). A frozen sum / combiner reads it instead of running those
+    layers, with the same query; a model that trains them ignores it."""
+    texts = ["a red shirt", "make it a sky blue ankle boot with laces please", "green"]
+    frozen = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=2, text_trainable=False,
+        text_pooled=True,
+    ).eval()  # fmt: skip
+    plain = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=2, text_trainable=False
+    )
+    assert frozen.text_cache_key() != plain.text_cache_key()  # another cache: another field
+    assert "pooled" not in plain.text_features(texts)
+    feats = frozen.text_features(texts)
+    assert feats["pooled"].shape == (3, 384)
+    states, mask = frozen._text_states(feats["tokens"], feats["mask"])
+    assert torch.allclose(feats["pooled"], masked_mean(states, mask), atol=1e-4)
+    image = torch.randn(3, 16, 320)
+    with torch.no_grad():
+        via_pooled = frozen.encode_query(image, feats)
+        via_layers = frozen.encode_query(image, {k: feats[k] for k in ("tokens", "mask")})
+    assert frozen._reads_pooled(feats)
+    assert torch.allclose(via_pooled[0], via_layers[0], atol=1e-4)
+    # a model whose top layers train reads the tokens, not the cached embedding
+    trained = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=2, text_pooled=True
+    ).eval()
+    f2 = trained.text_features(texts)
+    assert not trained._reads_pooled(f2)
+    with torch.no_grad():
+        trained.text_top[0].output.dense.weight.add_(0.5)  # as training would move them
+        moved = trained.encode_query(image, f2)[0]
+        again = trained.encode_query(image, {k: f2[k] for k in ("tokens", "mask")})[0]
+    assert torch.equal(moved, again)
+    assert torch.allclose(trained.text_features(texts)["pooled"], f2["pooled"])  # tower's own
+    assert not any(k.startswith("tower_top") for k in trained.trainable_state_dict())

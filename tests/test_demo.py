@@ -41,7 +41,7 @@ def test_every_demo_row_is_a_valid_config(kind):
         c = load_config(cfg, [*hints, *variant, *m.overrides])
         kw = c.model.backbone_kwargs
         assert kw["text_hints"] == kind  # every row reads the same hinted texts
-        assert kw["text_layers"] == 2  # every row shares one text cache
+        assert kw["text_layers"] == 2 and kw["text_pooled"]  # every row shares one text cache
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard
             assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)

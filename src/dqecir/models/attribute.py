@@ -150,11 +150,17 @@ class Lexicon:
         return list(self.words.get(attribute, {}))
 
     def labels(self, text: str, attributes: Sequence[str]) -> list[float]:
+        """1.0 per attribute that ``text`` mentions (a phrase as whole words, or a typo of a
+        head word), else 0.0. One alternation of every phrase per attribute: the same answer
+        as searching each phrase alone, in one scan (the demo's 74,605 train captions against
+        about 800 phrases took 13 s one phrase at a time)."""
         t = text.lower()
-        return [
-            float(any(p.search(t) for _, p in self._patterns.get(a, [])) or self._fuzzy_hit(t, a))
-            for a in attributes
-        ]
+        out = []
+        for a in attributes:
+            pattern = self._alternation(a)[0]
+            hit = pattern is not None and pattern.search(t) is not None
+            out.append(float(hit or self._fuzzy_hit(t, a)))
+        return out
 
     def named_values(self, text: str, attribute: str) -> set[str]:
         """Every value of ``attribute`` whose phrases occur in ``text`` as whole words (the

@@ -351,6 +351,7 @@ class LiteBackbone(Backbone):
         text_dropout: float = 0.1,
         text_dtype: str = "bfloat16",
         text_hints: str = "",
+        text_pooled: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -377,6 +378,7 @@ class LiteBackbone(Backbone):
             h_from=h_from,
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
             text_dropout=text_dropout, text_dtype=text_dtype, text_hints=text_hints,
+            text_pooled=text_pooled,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         # WordNet hints for words the training captions never used (dqecir.data.hints)
@@ -409,6 +411,16 @@ class LiteBackbone(Backbone):
         # The cached states are those below the top layers, so the caching tower stops there:
         # its own top layers would only be computed and thrown away (a third of the cache fill
         # at text_layers 2).
+        # ``text_pooled``: the cache also holds MiniLM's own sentence embedding (its top layers as
+        # shipped, mean-pooled), which a frozen pooling fusion reads instead of running those
+        # layers at every step; the tower keeps a frozen copy of them to fill it.
+        self.text_pooled = text_pooled
+        self.tower_top = (
+            nn.ModuleList(copy.deepcopy(m) for m in self.text_top) if text_pooled else None
+        )
+        if self.tower_top is not None:
+            for p in self.tower_top.parameters():
+                p.requires_grad_(False)
         del self.text_tower.encoder.layer[n_tower - text_layers :]
         self.text_trainable = text_trainable
         self.train()  # towers to eval
@@ -448,6 +460,8 @@ class LiteBackbone(Backbone):
 
     def frozen_modules(self) -> list[nn.Module]:
         frozen = [self.image_tower, self.text_tower]
+        if self.tower_top is not None:
+            frozen.append(self.tower_top)
         return frozen if self.text_trainable else [*frozen, self.text_top]
 
     def image_cache_key(self) -> str:
@@ -460,6 +474,8 @@ class LiteBackbone(Backbone):
         key = f"lite-text-v2:{pkg}:len={self.max_text_len}:below={self.text_layers}:{dtype}"
         if self.hints is not None:
             key += f":hints={self._config['text_hints']}@{self.hints.fingerprint()}"
+        if self.text_pooled:
+            key += ":pooled"
         return key
 
     def cache_key(self) -> str:
@@ -486,6 +502,7 @@ class LiteBackbone(Backbone):
         n = len(texts)
         tokens = torch.zeros(n, self.max_text_len, self.text_tower.config.hidden_size)
         mask = torch.zeros(n, self.max_text_len, dtype=torch.bool)
+        pooled = torch.zeros(n, tokens.shape[-1]) if self.tower_top is not None else None
         lengths = [len(self.tokenizer.tokenize(t)) for t in texts]
         order = sorted(range(n), key=lambda i: lengths[i])
         for start in range(0, n, TEXT_CHUNK):
@@ -497,10 +514,39 @@ class LiteBackbone(Backbone):
                 device.type, dtype=self.text_dtype, enabled=self.text_dtype != torch.float32
             ):
                 states = self.text_tower(**enc).last_hidden_state
+                top = self._tower_sentence(states, enc["attention_mask"].bool())
             idx, m = torch.tensor(rows), enc["attention_mask"].bool().cpu()
             tokens[idx, :width] = states.float().cpu() * m[..., None]  # padding rows stay zero
             mask[idx, :width] = m
-        return {"tokens": tokens.to(device), "mask": mask.to(device)}
+            if pooled is not None:
+                pooled[idx] = top.cpu()
+        out = {"tokens": tokens.to(device), "mask": mask.to(device)}
+        if pooled is not None:
+            out["pooled"] = pooled.to(device)
+        return out
+
+    def _tower_sentence(self, states: torch.Tensor, mask: torch.Tensor) -> torch.Tensor | None:
+        """MiniLM's sentence embedding as shipped (its own top layers on ``states``, the mean
+        over real tokens, float32), for ``text_pooled``; None without it."""
+        if self.tower_top is None:
+            return None
+        x = states
+        bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
+        for layer in self.tower_top:
+            y = layer(x, attention_mask=bias)
+            x = y[0] if isinstance(y, tuple) else y
+        return masked_mean(x.float(), mask)
+
+    def _reads_pooled(self, text_feats: dict[str, torch.Tensor]) -> bool:
+        """Whether the query reads the cached sentence embedding (``text_pooled``) instead of
+        running the top layers: a fusion that only pools the text, those layers frozen (they
+        are then the tower's own), no token dropout to apply, and the features holding it."""
+        return (
+            "pooled" in text_feats
+            and not self.text_trainable
+            and isinstance(self.fusion, (SumFusion, CombinerFusion, ImageOnlyFusion))
+            and (not self.training or self.token_dropout == 0)
+        )
 
     def _text_states(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Cached text states -> what the fusion reads: trailing all-padding columns dropped,
@@ -547,5 +593,9 @@ class LiteBackbone(Backbone):
         self, image_feats: torch.Tensor, text_feats: dict[str, torch.Tensor]
     ) -> tuple[torch.Tensor, torch.Tensor]:
         dtype = self._dtype()
-        tokens, mask = self._text_states(text_feats["tokens"].to(dtype), text_feats["mask"])
+        if self._reads_pooled(text_feats):  # one "token", the sentence embedding: its mean
+            tokens = text_feats["pooled"].to(dtype).unsqueeze(1)
+            mask = torch.ones(tokens.shape[:2], dtype=torch.bool, device=tokens.device)
+        else:
+            tokens, mask = self._text_states(text_feats["tokens"].to(dtype), text_feats["mask"])
         return self.fusion.query(image_feats.to(dtype), tokens, mask)
