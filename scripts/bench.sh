@@ -16,5 +16,7 @@ echo "== feature-cache fill: channels-last image tower, text cache shortest firs
 $PY benchmarks/feature_fill.py --root "$DATA/fmnist-default/cirr" --images 256 --texts 1024 --repeats 2
 echo "== training step of the demo's qformer rows (attention kernel, dropout) and TRNS mining (bf16)"
 $PY benchmarks/train_step.py --root "$DATA/fmnist-default/cirr" --steps 4 --repeats 1
+echo "== text_pooled: the cache fill with MiniLM's sentence embedding, and a frozen sum step reading it"
+$PY benchmarks/pooled_text.py --root "$DATA/fmnist-default/cirr" --texts 1024 --steps 20 --repeats 2
 echo "== search engines"
 OMP_WAIT_POLICY=PASSIVE $PY benchmarks/search.py --quick --out benchmarks/results/search-quick.md
