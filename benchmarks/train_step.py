@@ -2,8 +2,9 @@
 before, alternating in one run.
 
 1. the trained MiniLM layers' attention: PyTorch's default kernel (the CPU flash kernel when no
-   dropout applies) vs the math kernel that :func:`dqecir.models.backbones.lite.
-   _text_top_attention` now picks on a CPU with gradients on;
+   dropout applies; with dropout it picks the math kernel itself) vs the math kernel that
+   :func:`dqecir.models.backbones.lite._text_top_attention` now picks on a CPU with gradients
+   on, with and without dropout;
 2. dropout 0.1 (the fusion's ``dropout`` and MiniLM's own, ``text_dropout``) vs none, in the
    same step (a recipe choice, measured on val in docs/method.md);
 3. TRNS mining (the DQE-CIR row): the pool and the queries embedded in float32 vs under the
@@ -74,6 +75,7 @@ def main() -> None:
     ways = [  # name, attention choice, dropout
         ("before: default attention, dropout 0.1", default_kernel, 0.1),
         ("math attention, dropout 0.1", chosen, 0.1),
+        ("default attention, no dropout", default_kernel, 0.0),
         ("math attention, no dropout", chosen, 0.0),
     ]
     tmp = Path(tempfile.mkdtemp(prefix="train-step-"))

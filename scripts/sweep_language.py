@@ -121,6 +121,11 @@ RUNS: dict[str, tuple[str, list[str]]] = {
         "full",
         [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3", ITC],
     ),
+    # the same, continuing the 10-epoch no-dropout row (--itc its best.safetensors)
+    "qz_cont_full_e3_nodrop_from10": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3", ITC],
+    ),
     "qz_cont_full_e2_nodrop": (
         "full",
         [*QFORMER, *TOP2, HINTS, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=2", ITC],
@@ -167,7 +172,9 @@ def main() -> None:
     ap.add_argument(
         "--itc",
         default="demo/runs/lite-qformer-l-itc/best.safetensors",
-        help="the checkpoint the qz_cont_* runs start from (the demo's L_itc row)",
+        help="the checkpoint the qz_cont_* runs start from (the demo's L_itc row; the recorded "
+        "qz_cont_* lines name theirs in train.init_from: a835cb6's 10-epoch row with dropout for "
+        "sweep-cont.jsonl, the no-dropout rows for sweep-nodrop.jsonl)",
     )
     ap.add_argument("--table", action="store_true", help="print OUT/summary.jsonl as markdown")
     args = ap.parse_args()

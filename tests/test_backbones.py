@@ -367,14 +367,13 @@ def test_lite_text_dropout_sets_the_trained_minilm_layers_only() -> None:
         create_backbone("lite", fusion="sum", text_layers=1, text_dropout=1.0)
 
 
-def test_lite_text_top_math_attention_agrees_with_the_default_kernel() -> None:
+def test_lite_text_top_math_attention_agrees_with_the_default_kernel(monkeypatch) -> None:
     """With gradients on a CPU the trained MiniLM layers run PyTorch's math attention kernel
     (faster there); its states and gradients are the default kernel's to float rounding."""
     import contextlib
 
     from dqecir.models.backbones import lite
 
-    assert lite._text_top_attention(torch.device("cpu")) is not None
     with torch.no_grad():
         assert isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
     assert not isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
@@ -389,13 +388,18 @@ def test_lite_text_top_math_attention_agrees_with_the_default_kernel() -> None:
         out.pow(2).sum().backward()
         return out.detach(), bb.text_top[0].attention.self.query.weight.grad.clone()
 
+    chosen, entered = lite._text_top_attention, []
+
+    def spy(device: torch.device) -> contextlib.AbstractContextManager:
+        ctx = chosen(device)
+        entered.append(not isinstance(ctx, contextlib.nullcontext))
+        return ctx
+
+    monkeypatch.setattr(lite, "_text_top_attention", spy)
     math_out, math_grad = run()
-    chosen = lite._text_top_attention
-    lite._text_top_attention = lambda device: contextlib.nullcontext()
-    try:
-        ref_out, ref_grad = run()
-    finally:
-        lite._text_top_attention = chosen
+    assert entered == [True]  # training with gradients: the math kernel
+    monkeypatch.setattr(lite, "_text_top_attention", lambda device: contextlib.nullcontext())
+    ref_out, ref_grad = run()
     assert torch.allclose(math_out, ref_out, atol=1e-4)
     assert torch.allclose(math_grad, ref_grad, rtol=1e-3, atol=1e-4)
 
@@ -457,3 +461,24 @@ def test_lite_text_pooled_caches_the_sentence_embedding_a_frozen_pooling_fusion_
     assert torch.equal(moved, again)
     assert torch.allclose(trained.text_features(texts)["pooled"], f2["pooled"])  # tower's own
     assert not any(k.startswith("tower_top") for k in trained.trainable_state_dict())
+    # token dropout to apply in training, or a fusion that reads every token: the layers run
+    drop = create_backbone(
+        "lite", fusion="sum", text_dtype="float32", text_layers=2, text_trainable=False,
+        text_pooled=True, token_dropout=0.2,
+    )  # fmt: skip
+    assert not drop.train()._reads_pooled(feats) and drop.eval()._reads_pooled(feats)
+    qf = create_backbone(
+        "lite", fusion="qformer", width=64, text_dtype="float32", text_layers=2,
+        text_trainable=False, text_pooled=True,
+    ).eval()  # fmt: skip
+    assert not qf._reads_pooled(feats)
+    # the default bf16 fill: the same query to bf16 rounding
+    bf16 = create_backbone(
+        "lite", fusion="sum", text_layers=2, text_trainable=False, text_pooled=True
+    ).eval()
+    bf16.load_state_dict(frozen.state_dict())
+    fb = bf16.text_features(texts)
+    with torch.no_grad():
+        a = bf16.encode_query(image, fb)[0]
+        b = bf16.encode_query(image, {k: fb[k] for k in ("tokens", "mask")})[0]
+    assert (a - b).abs().max() < 2e-2 and torch.cosine_similarity(a, b).min() > 0.999

@@ -68,7 +68,8 @@ FULL_BAND = ["trns.qlow=0.99", "trns.qhigh=1.0"]
 # full method from scratch in a quarter of the time (docs/method.md, "The demo's DQE-CIR row"
 # and "No dropout in the qformer rows").
 CONTINUE = ["train.epochs=3", "trns.warmup_epochs=0"]
-# The reference rows keep MiniLM frozen: its top layers run as the tower's own.
+# The reference rows keep MiniLM frozen: its top layers are the tower's own, and these pooling
+# fusions read the cached sentence embedding instead of running them (text_pooled).
 FROZEN_TEXT = [
     *TEXT,
     "model.backbone_kwargs.text_trainable=false",

@@ -43,7 +43,7 @@ class NegativeMiner:
         """``[Q, K]`` negatives of every query (-1 where none) and the mining statistics.
 
         ``amp``: the training autocast dtype (``train.amp``), under which the pool and the
-        queries are embedded as the steps see them (at bf16 on a CPU in about a third of the
+        queries are embedded as the steps see them (at bf16 on a CPU in about two thirds of the
         time, benchmarks/train_step.py); the scores that pick the negatives are float32."""
         t0 = time.perf_counter()
         model.eval()

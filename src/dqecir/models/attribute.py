@@ -153,7 +153,7 @@ class Lexicon:
         """1.0 per attribute that ``text`` mentions (a phrase as whole words, or a typo of a
         head word), else 0.0. One alternation of every phrase per attribute: the same answer
         as searching each phrase alone, in one scan (the demo's 74,605 train captions against
-        about 800 phrases took 13 s one phrase at a time)."""
+        about 580 phrases took 16.3 s one phrase at a time, 1.6 s so)."""
         t = text.lower()
         out = []
         for a in attributes:

@@ -121,9 +121,10 @@ def _package_id(dist: str, weights: Path) -> str:
 
 def _text_top_attention(device: torch.device) -> Any:
     """The attention kernel of the trained MiniLM layers: on a CPU with gradients on, PyTorch's
-    math kernel. Its forward and backward over a batch of short captions take about half the time
-    of the CPU flash kernel's, whose backward is the slowest op of a qformer step
-    (benchmarks/train_step.py); the two agree to float rounding. Elsewhere: PyTorch's choice."""
+    math kernel. Without dropout PyTorch would pick its CPU flash kernel, whose backward over a
+    batch of short captions is the slowest op of a qformer step (the torch profiler); with
+    dropout it picks the math kernel itself. Step times of both in benchmarks/train_step.py;
+    the two kernels agree to float rounding. Elsewhere: PyTorch's choice."""
     if device.type != "cpu" or not torch.is_grad_enabled():
         return contextlib.nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
@@ -489,7 +490,8 @@ class LiteBackbone(Backbone):
     @torch.no_grad()
     def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
         """``tokens [B, max_text_len, 384]`` MiniLM states (below the ``text_layers`` trained top
-        layers; the last layer's when none is) and ``mask [B, max_text_len]``.
+        layers; the last layer's when none is) and ``mask [B, max_text_len]``; with
+        ``text_pooled`` also ``pooled [B, 384]``, MiniLM's sentence embedding as shipped.
 
         Texts run in order of length, each chunk padded to its own longest text (the states of
         real tokens do not depend on the padding), under ``text_dtype`` autocast: bfloat16 is
