@@ -68,7 +68,9 @@ def main() -> None:
 
     chosen = lite._text_top_attention
 
-    def default_kernel(device: torch.device) -> contextlib.AbstractContextManager:
+    def default_kernel(
+        device: torch.device, trained: bool = True
+    ) -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
     rows = {"L_itc": "lite qformer (L_itc)", "DQE-CIR": "lite qformer, DQE-CIR (full)"}

@@ -377,6 +377,8 @@ def test_lite_text_top_math_attention_agrees_with_the_default_kernel(monkeypatch
     with torch.no_grad():
         assert isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
     assert not isinstance(lite._text_top_attention(torch.device("cpu")), contextlib.nullcontext)
+    frozen = lite._text_top_attention(torch.device("cpu"), trained=False)
+    assert isinstance(frozen, contextlib.nullcontext)
     bb = create_backbone(
         "lite", fusion="sum", text_dtype="float32", text_layers=2, text_dropout=0.0
     ).train()
@@ -390,15 +392,15 @@ def test_lite_text_top_math_attention_agrees_with_the_default_kernel(monkeypatch
 
     chosen, entered = lite._text_top_attention, []
 
-    def spy(device: torch.device) -> contextlib.AbstractContextManager:
-        ctx = chosen(device)
+    def spy(device: torch.device, trained: bool = True) -> contextlib.AbstractContextManager:
+        ctx = chosen(device, trained)
         entered.append(not isinstance(ctx, contextlib.nullcontext))
         return ctx
 
     monkeypatch.setattr(lite, "_text_top_attention", spy)
     math_out, math_grad = run()
     assert entered == [True]  # training with gradients: the math kernel
-    monkeypatch.setattr(lite, "_text_top_attention", lambda device: contextlib.nullcontext())
+    monkeypatch.setattr(lite, "_text_top_attention", lambda *a: contextlib.nullcontext())
     ref_out, ref_grad = run()
     assert torch.allclose(math_out, ref_out, atol=1e-4)
     assert torch.allclose(math_grad, ref_grad, rtol=1e-3, atol=1e-4)

@@ -119,15 +119,24 @@ def _package_id(dist: str, weights: Path) -> str:
     return f"{dist}=={version}:{weights.name}:{size}"
 
 
-def _text_top_attention(device: torch.device) -> Any:
-    """The attention kernel of the trained MiniLM layers: on a CPU with gradients on, PyTorch's
-    math kernel. Without dropout PyTorch would pick its CPU flash kernel, whose backward over a
+def _text_top_attention(device: torch.device, trained: bool = True) -> Any:
+    """The attention kernel of the MiniLM layers on the cached states: where they train
+    (``trained``) on a CPU with gradients on, PyTorch's math kernel. Without dropout PyTorch would pick its CPU flash kernel, whose backward over a
     batch of short captions is the slowest op of a qformer step (the torch profiler); with
     dropout it picks the math kernel itself. Step times of both in benchmarks/train_step.py;
     the two kernels agree to float rounding. Elsewhere: PyTorch's choice."""
-    if device.type != "cpu" or not torch.is_grad_enabled():
+    if not trained or device.type != "cpu" or not torch.is_grad_enabled():
         return contextlib.nullcontext()
     return sdpa_kernel(SDPBackend.MATH)
+
+
+def _run_layers(layers: nn.ModuleList, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """MiniLM layers on states ``x [B, L, C]`` with padding ``mask [B, L]`` (True: real)."""
+    bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
+    for layer in layers:
+        y = layer(x, attention_mask=bias)
+        x = y[0] if isinstance(y, tuple) else y
+    return x
 
 
 # ---- trainable fusions --------------------------------------------------------------
@@ -409,9 +418,6 @@ class LiteBackbone(Backbone):
         for m in self.text_top.modules():
             if isinstance(m, nn.Dropout):
                 m.p = text_dropout
-        # The cached states are those below the top layers, so the caching tower stops there:
-        # its own top layers would only be computed and thrown away (a third of the cache fill
-        # at text_layers 2).
         # ``text_pooled``: the cache also holds MiniLM's own sentence embedding (its top layers as
         # shipped, mean-pooled), which a frozen pooling fusion reads instead of running those
         # layers at every step; the tower keeps a frozen copy of them to fill it.
@@ -422,6 +428,9 @@ class LiteBackbone(Backbone):
         if self.tower_top is not None:
             for p in self.tower_top.parameters():
                 p.requires_grad_(False)
+        # The cached states are those below the top layers, so the caching tower stops there:
+        # its own top layers would only be computed and thrown away (a third of the cache fill
+        # at text_layers 2).
         del self.text_tower.encoder.layer[n_tower - text_layers :]
         self.text_trainable = text_trainable
         self.train()  # towers to eval
@@ -532,12 +541,7 @@ class LiteBackbone(Backbone):
         over real tokens, float32), for ``text_pooled``; None without it."""
         if self.tower_top is None:
             return None
-        x = states
-        bias = (~mask)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
-        for layer in self.tower_top:
-            y = layer(x, attention_mask=bias)
-            x = y[0] if isinstance(y, tuple) else y
-        return masked_mean(x.float(), mask)
+        return masked_mean(_run_layers(self.tower_top, states, mask).float(), mask)
 
     def _reads_pooled(self, text_feats: dict[str, torch.Tensor]) -> bool:
         """Whether the query reads the cached sentence embedding (``text_pooled``) instead of
@@ -571,16 +575,11 @@ class LiteBackbone(Backbone):
         lengths = mask.sum(1)
         order = torch.argsort(lengths)
         out = torch.zeros_like(tokens)
-        trained = self.text_trainable and torch.is_grad_enabled()
-        with _text_top_attention(tokens.device) if trained else contextlib.nullcontext():
+        with _text_top_attention(tokens.device, self.text_trainable):
             for start in range(0, len(order), TEXT_BUCKET):
                 rows = order[start : start + TEXT_BUCKET]
                 width = max(1, int(lengths[rows].max()))
-                x, m = tokens[rows, :width], mask[rows, :width]
-                bias = (~m)[:, None, None, :].to(x.dtype) * torch.finfo(x.dtype).min
-                for layer in self.text_top:
-                    y = layer(x, attention_mask=bias)
-                    x = y[0] if isinstance(y, tuple) else y
+                x = _run_layers(self.text_top, tokens[rows, :width], mask[rows, :width])
                 out[rows, :width] = x.to(out.dtype)
         return out
 
