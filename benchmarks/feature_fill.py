@@ -17,22 +17,10 @@ largest difference between the two ways' features.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from common import median_time, train_captions
 
 
 def main() -> None:
@@ -70,22 +58,18 @@ def main() -> None:
     def channels_last() -> torch.Tensor:
         return torch.cat([efficientnet_tokens(net, x, "blocks") for x in pixels.split(64)])
 
-    img = {name: _median_time(fn, a.repeats) for name, fn in
+    img = {name: median_time(fn, a.repeats) for name, fn in
            [("row-major (before)", row_major), ("channels-last (now)", channels_last)]}  # fmt: skip
     img_diff = float((row_major() - channels_last()).abs().max())
 
-    records = json.loads((a.root / "captions" / "cap.rc2.train.json").read_text())
-    texts = list(
-        dict.fromkeys(v for r in records for v in r.get("caption_variants", [r["caption"]]))
-    )
-    texts = texts[: a.texts]
+    texts = train_captions(a.root, a.texts)
 
     def fill(order: list[str]) -> None:
         for i in range(0, len(order), 256):  # the cache's batch size
             bb.text_features(order[i : i + 256])
 
-    txt = {"as they come (before)": _median_time(lambda: fill(texts), a.repeats),
-           "shortest first (now)": _median_time(lambda: fill(sorted(texts, key=len)),
+    txt = {"as they come (before)": median_time(lambda: fill(texts), a.repeats),
+           "shortest first (now)": median_time(lambda: fill(sorted(texts, key=len)),
                                                 a.repeats)}  # fmt: skip
     one = bb.text_features(texts[:256])
     again = {t: i for i, t in enumerate(sorted(texts[:256], key=len))}

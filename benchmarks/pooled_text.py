@@ -19,22 +19,10 @@ the largest difference between the two ways' queries.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import time
 from pathlib import Path
 
 import torch
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from common import median_time, train_captions
 
 
 def main() -> None:
@@ -53,18 +41,14 @@ def main() -> None:
     plain = LiteBackbone(**kw)
     pooled = LiteBackbone(**kw, text_pooled=True)
     pooled.load_state_dict(plain.state_dict(), strict=False)  # the same sum projections
-    records = json.loads((a.root / "captions" / "cap.rc2.train.json").read_text())
-    texts = list(
-        dict.fromkeys(v for r in records for v in r.get("caption_variants", [r["caption"]]))
-    )
-    texts = sorted(texts[: a.texts], key=len)
+    texts = sorted(train_captions(a.root, a.texts), key=len)
 
     def fill(bb: LiteBackbone) -> None:
         for i in range(0, len(texts), 256):  # the cache's batch size
             bb.text_features(texts[i : i + 256])
 
-    fills = {"states only (text_pooled off)": _median_time(lambda: fill(plain.eval()), a.repeats),
-             "states + sentence embedding (on)": _median_time(lambda: fill(pooled.eval()),
+    fills = {"states only (text_pooled off)": median_time(lambda: fill(plain.eval()), a.repeats),
+             "states + sentence embedding (on)": median_time(lambda: fill(pooled.eval()),
                                                               a.repeats)}  # fmt: skip
 
     gen = torch.Generator().manual_seed(0)
@@ -87,9 +71,9 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-    step = {"frozen top 2 layers run (before)": _median_time(lambda: steps(layers_only),
+    step = {"frozen top 2 layers run (before)": median_time(lambda: steps(layers_only),
                                                               a.repeats) / a.steps,
-            "sentence embedding read (now)": _median_time(lambda: steps(feats),
+            "sentence embedding read (now)": median_time(lambda: steps(feats),
                                                            a.repeats) / a.steps}  # fmt: skip
     model.eval()
     with torch.no_grad():
