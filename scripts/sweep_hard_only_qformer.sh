@@ -17,6 +17,7 @@ model.backbone_kwargs.fusion=qformer model.backbone_kwargs.width=128
 model.backbone_kwargs.num_layers=2 model.backbone_kwargs.num_queries=4
 model.backbone_kwargs.image_skip=true model.backbone_kwargs.text_layers=2 train.amp=bf16
 model.backbone_kwargs.token_dropout=0.1 model.backbone_kwargs.text_hints=fmnist
+model.backbone_kwargs.hint_rule=1
 train.num_threads=1"
 run() { name=$1; variant=$2; shift 2; sets=(); for s in $SETS "$@"; do sets+=(--set "$s"); done
   .venv/bin/dqecir ablate --config configs/lite_fmnist.yaml --seeds $SEEDS --split val \

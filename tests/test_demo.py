@@ -35,12 +35,16 @@ def test_every_demo_row_is_a_valid_config(kind):
     cfg = demo.CONFIG_DIR / f"lite_{kind}.yaml"
     assert load_config(cfg).data.make["kind"] == kind
     hints = demo.demo_hints(kind, cfg)
-    assert hints == [f"model.backbone_kwargs.text_hints={kind}"]
+    assert hints == [
+        f"model.backbone_kwargs.text_hints={kind}",
+        f"model.backbone_kwargs.hint_rule={demo.HINT_RULE}",
+    ]
     for m in demo.MODELS:
         variant = variant_overrides(load_config(cfg), m.variant)
         c = load_config(cfg, [*hints, *variant, *m.overrides])
         kw = c.model.backbone_kwargs
         assert kw["text_hints"] == kind  # every row reads the same hinted texts
+        assert kw["hint_rule"] == demo.HINT_RULE
         assert kw["text_layers"] == 2 and kw["text_pooled"]  # every row shares one text cache
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard

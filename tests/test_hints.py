@@ -3,6 +3,8 @@ and the benchmarks' garment / object classes, and through the lite backbone."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -17,17 +19,25 @@ SENSES = {
     "coat": ("c",), "jacket": ("j",), "anorak": ("a",), "boot": ("b",), "dress": ("d",),
     "jumper": ("j2", "d2"), "flannel": ("f",), "trousers": ("t",), "shirt": ("s",),
     "bike": ("x",), "tank_top": ("tt",), "tank": ("tk",), "top": ("tp",), "louse": ("l",),
+    "peacoat": ("pc",), "dress_shirt": ("ds",),
 }  # fmt: skip
 HYPERNYMS = {
     "clothing": (), "c": ("clothing",), "j": ("c",), "a": ("j",), "b": ("clothing",),
     "d": ("clothing",), "j2": ("c",), "d2": ("d",), "f": ("t",), "t": ("clothing",),
     "s": ("clothing",), "x": (), "tt": ("s",), "tk": (), "tp": ("clothing",), "l": ("a",),
+    "pc": ("j",), "ds": ("s",),
 }  # fmt: skip
 CLASSES = {"coat": ["c"], "ankle boot": ["b"], "dress": ["d"], "trousers": ["t"], "shirt": ["s"]}
 
 
 @pytest.fixture
 def toy() -> LexicalHints:
+    """The first rule (what the recorded runs before the second one used)."""
+    return LexicalHints(CLASSES, NounGraph(SENSES, HYPERNYMS, {"lice": "louse"}), rule=1)
+
+
+@pytest.fixture
+def toy2() -> LexicalHints:
     return LexicalHints(CLASSES, NounGraph(SENSES, HYPERNYMS, {"lice": "louse"}))
 
 
@@ -42,6 +52,38 @@ def test_two_classes_or_the_class_name_itself_give_no_hint(toy: LexicalHints) ->
     assert toy("is a jumper") == "is a jumper"  # a coat sense and a dress sense
     assert toy("make it a coat") == "make it a coat"
     assert toy("a long dress") == "a long dress"
+
+
+def test_rule_1_leaves_spans_that_contain_a_class_name(toy: LexicalHints) -> None:
+    assert toy("a peacoat") == "a peacoat"
+    assert toy("a dress shirt") == "a dress shirt"
+
+
+def test_rule_2_first_sense_and_every_span_but_the_bare_class_name(toy2: LexicalHints) -> None:
+    assert toy2.rule == 2
+    assert toy2("is a jumper") == "is a jumper (coat)"  # its first sense reaching a class
+    assert toy2("a peacoat") == "a peacoat (coat)"  # "coat" inside a word
+    assert toy2("a dress shirt") == "a dress shirt (shirt)"  # another class name as modifier
+    assert toy2("swap it for an anorak") == "swap it for an anorak (coat)"
+    for bare in ("make it a coat", "make them coats", "a long dress", "Two Shirts"):
+        assert toy2(bare) == bare
+    assert toy2("a flannel shirt") == "a flannel shirt"  # a modifier, then the bare head
+    once = toy2("A Peacoat or a dress shirt")
+    assert once == "A Peacoat (coat) or a dress shirt (shirt)"
+    assert toy2(once) == once
+
+
+def test_the_rule_is_part_of_the_fingerprint_and_rule_1_keeps_its_own() -> None:
+    import hashlib
+
+    g = NounGraph(SENSES, HYPERNYMS, {})
+    one, two = LexicalHints(CLASSES, g, rule=1), LexicalHints(CLASSES, g, rule=2)
+    assert one.fingerprint() != two.fingerprint()
+    # the digest of rule 1 is the one its text caches were written under
+    old = repr((sorted(one.class_of.items()), one.max_depth))
+    assert one.fingerprint() == hashlib.sha256(old.encode()).hexdigest()[:12]
+    with pytest.raises(ValueError, match="hint rule"):
+        LexicalHints(CLASSES, g, rule=3)
 
 
 def test_compounds_longest_first_and_modifiers_dropped(toy: LexicalHints) -> None:
@@ -69,12 +111,13 @@ def test_bad_class_maps_are_refused() -> None:
         load_hints("cirr")
 
 
+@pytest.mark.parametrize("rule", [1, 2])
 @pytest.mark.parametrize("benchmark", ["fmnist", "shapes"])
-def test_real_wordnet_hints_never_name_a_wrong_class(benchmark: str) -> None:
+def test_real_wordnet_hints_never_name_a_wrong_class(benchmark: str, rule: int) -> None:
     """On the real database: no word of a class's list is hinted as another class, and every
     word tagged ``wordnet`` (a lemma at most 2 levels under a class synset) reaches its class
     unless its senses also reach a second one."""
-    hints = load_hints(benchmark)
+    hints = load_hints(benchmark, rule=rule)
     vocab = load_vocabulary(benchmark)
     tags = {
         next(iter(e)): e[next(iter(e))]
@@ -86,6 +129,8 @@ def test_real_wordnet_hints_never_name_a_wrong_class(benchmark: str) -> None:
     for value, words in vocab.words["shape"].items():
         for word in words:
             for _, _, name in hints.matches(word):
+                assert name == value, (word, name, value)
+            for name in re.findall(r"\(([^)]*)\)", hints(word)):
                 assert name == value, (word, name, value)
             if tags.get(word) == "wordnet" and hints.lookup(word) is not None:
                 reached += 1
@@ -99,6 +144,12 @@ def test_real_wordnet_examples() -> None:
     assert h("same but as boots") == "same but as boots (ankle boot)"
     assert h("make it red, keep the sleeves") == "make it red, keep the sleeves"
     assert h("a flannel shirt") == "a flannel shirt"
+    assert h("a peacoat or a dress shirt") == "a peacoat (coat) or a dress shirt (shirt)"
+    assert h("is a jumper") == "is a jumper (pullover)"  # WordNet's first sense: a sweater
+    assert h("two coats and a bag") == "two coats and a bag"
+    h1 = load_hints("fmnist", rule=1)
+    assert h1("a peacoat or a dress shirt") == "a peacoat or a dress shirt"
+    assert h1("is a jumper") == "is a jumper"
 
 
 def test_lite_reads_hinted_text_and_keys_its_cache_by_them() -> None:
@@ -109,11 +160,27 @@ def test_lite_reads_hinted_text_and_keys_its_cache_by_them() -> None:
         "lite", fusion="combiner", text_dtype="float32", text_hints="fmnist"
     ).eval()
     assert hinted.config()["text_hints"] == "fmnist"
+    assert hinted.config()["hint_rule"] == 2 and hinted.hints.rule == 2
     assert "hints=fmnist@" in hinted.text_cache_key()
     assert plain.text_cache_key() != hinted.text_cache_key()
+    rule1 = create_backbone(
+        "lite", fusion="combiner", text_dtype="float32", text_hints="fmnist", hint_rule=1
+    )
+    assert rule1.hints.rule == 1 and rule1.text_cache_key() != hinted.text_cache_key()
     a = hinted.text_features(["swap it for an anorak"])
     b = plain.text_features(["swap it for an anorak (coat)"])
     assert torch.equal(a["mask"], b["mask"])
     assert torch.allclose(a["tokens"], b["tokens"], atol=1e-5)
     c = plain.text_features(["swap it for an anorak"])
     assert c["mask"].sum() < a["mask"].sum()
+
+
+def test_a_checkpoint_saved_before_the_rule_existed_reads_under_rule_1() -> None:
+    from dqecir.config import checkpoint_config
+
+    lite = {"model": {"backbone": "lite", "backbone_kwargs": {"text_hints": "fmnist"}}}
+    assert checkpoint_config(lite).model.backbone_kwargs["hint_rule"] == 1
+    lite["model"]["backbone_kwargs"]["hint_rule"] = 2
+    assert checkpoint_config(lite).model.backbone_kwargs["hint_rule"] == 2
+    plain = {"model": {"backbone": "lite", "backbone_kwargs": {"fusion": "sum"}}}
+    assert "hint_rule" not in checkpoint_config(plain).model.backbone_kwargs

@@ -302,6 +302,17 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data or {}, "")
 
 
+def checkpoint_config(data: dict[str, Any]) -> Config:
+    """The config a checkpoint was written with (its ``meta["config"]``), with the defaults of
+    that time where they have changed since: a ``lite`` model with WordNet hints saved before
+    ``hint_rule`` existed read its texts under rule 1."""
+    cfg = config_from_dict(data)
+    kwargs = cfg.model.backbone_kwargs
+    if cfg.model.backbone == "lite" and kwargs.get("text_hints") and "hint_rule" not in kwargs:
+        kwargs["hint_rule"] = 1
+    return cfg
+
+
 def _yaml_problem(e: BaseException) -> str:
     """Why a YAML text could not be read, in a user's words (PyYAML raises ValueError for an
     integer of thousands of digits and RecursionError for nesting thousands deep)."""

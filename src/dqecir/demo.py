@@ -100,12 +100,19 @@ def run_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
+# The hint rule of the demo's rows (dqecir.data.hints)
+HINT_RULE = 1
+
+
 def demo_hints(kind: str, config: Path) -> list[str]:
     """Every row of a lite demo reads its texts with the benchmark's WordNet hints for garment /
     object words (dqecir.data.hints; chosen on val-unseen, docs/method.md "WordNet hints")."""
     if load_config(config).model.backbone != "lite":
         return []
-    return [f"model.backbone_kwargs.text_hints={kind}"]
+    return [
+        f"model.backbone_kwargs.text_hints={kind}",
+        f"model.backbone_kwargs.hint_rule={HINT_RULE}",
+    ]
 
 
 TABLE_KEYS = ["map@10", "recall@1", "recall@10", "recall@50", "recall_subset@1", "avg"]

@@ -32,7 +32,7 @@ from dqecir.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from dqecir.config import Config, ConfigError, config_from_dict
+from dqecir.config import Config, ConfigError, checkpoint_config
 from dqecir.data.pipeline import SplitFeatures, TrainQueries, build_features, build_train_queries
 from dqecir.data.types import CIRSplit
 from dqecir.device import resolve_device
@@ -563,7 +563,7 @@ class Trainer:
 
 def check_resumable(ck: Checkpoint, cfg: Config, world: int) -> None:
     """A run resumes only with the config and the number of processes that wrote ``ck``."""
-    saved = config_from_dict(ck.meta["config"])
+    saved = checkpoint_config(ck.meta["config"])
     was = int(ck.meta.get("world_size", 1))
     if was != world:
         raise CheckpointError(
@@ -595,7 +595,7 @@ def train(
         last = out / "last.safetensors"
         if not last.exists():
             raise CheckpointError(f"--resume: {last} does not exist")
-        cfg = config_from_dict(load_checkpoint(last).meta["config"])
+        cfg = checkpoint_config(load_checkpoint(last).meta["config"])
     elif cfg is None:
         raise ConfigError("train: a config is needed unless resuming")
     cfg = resolve_headline(cfg)

@@ -17,6 +17,17 @@ the class name are left as they are. The classes and their WordNet synsets are t
 files' (``garments.yaml``, ``objects.yaml``): the class definitions, not the word lists, so a
 held-out word is hinted only through WordNet's own tree.
 
+Two rules (``rule``), the second the default since it measured better on ``val-unseen``
+(docs/method.md, "WordNet hints"):
+
+- ``1``: a word whose senses reach two classes gets no hint, nor does a span that contains its
+  class name anywhere ("peacoat", "dress shirt", "work-shirt").
+- ``2``: such a word gets the class of its first sense that reaches one (WordNet orders a word's
+  senses by how often they were tagged in its corpus: "jumper" is first a sweater, then a
+  pinafore dress), and every span but the bare class name gets its hint ("peacoat (coat)",
+  "dress shirt (shirt)"; "coats" does not), so that a compound reads the same whether or not it
+  contains a class name as a substring or as a modifier.
+
 Only the "shape" attribute (garments, object shapes) is hinted: for colour names WordNet's hue
 tree and the benchmarks' colour classes (CIELAB regions) disagree on 33 of the 79 xkcd names
 without a class word that WordNet reaches (docs/method.md).
@@ -41,6 +52,9 @@ from dqecir.errors import DataError
 
 HINT_SOURCES = {"fmnist": "garments.yaml", "shapes": "objects.yaml"}
 """``text_hints`` names -> the vocabulary file whose class synsets are hinted."""
+
+HINT_RULES = (1, 2)
+"""The hint rules (module docstring); 2 is the default."""
 
 HYPERNYM = ("@", "@i")
 MAX_NGRAM = 3
@@ -110,9 +124,13 @@ class LexicalHints:
         classes: Mapping[str, Sequence[str]],
         graph: NounGraph | None = None,
         max_depth: int = 8,
+        rule: int = 2,
     ) -> None:
+        if rule not in HINT_RULES:
+            raise ValueError(f"hint rule must be one of {HINT_RULES}, got {rule!r}")
         self.graph = graph if graph is not None else noun_graph()
         self.max_depth = max_depth
+        self.rule = rule
         self.class_of: dict[str, str] = {}
         for name, synsets in classes.items():
             for s in synsets:
@@ -128,7 +146,8 @@ class LexicalHints:
     def fingerprint(self) -> str:
         """A short digest of the class map and the walk (part of the text cache key)."""
         items = sorted(self.class_of.items())
-        return hashlib.sha256(repr((items, self.max_depth)).encode()).hexdigest()[:12]
+        walk = (items, self.max_depth) if self.rule == 1 else (items, self.max_depth, self.rule)
+        return hashlib.sha256(repr(walk).encode()).hexdigest()[:12]
 
     def _classes_of_synset(self, synset: str) -> set[str]:
         found, frontier, seen = set(), [synset], {synset}
@@ -147,12 +166,23 @@ class LexicalHints:
         """The one class a phrase's noun senses reach ("anorak" -> "coat"), else None."""
         key = re.sub(r"\s+", "_", phrase.strip().lower())
         if key not in self._memo:
+            self._memo[key] = self._lookup(key)
+        return self._memo[key]
+
+    def _lookup(self, key: str) -> str | None:
+        lemmas = self.graph.singulars(key)
+        if self.rule == 1:  # all senses of all lemmas: one class or none
             found: set[str] = set()
-            for lemma in self.graph.singulars(key):
+            for lemma in lemmas:
                 for s in self.graph.senses[lemma]:
                     found |= self._classes_of_synset(s)
-            self._memo[key] = found.pop() if len(found) == 1 else None
-        return self._memo[key]
+            return found.pop() if len(found) == 1 else None
+        for lemma in lemmas:  # the first sense (by frequency) that reaches a class decides
+            for s in self.graph.senses[lemma]:
+                found = self._classes_of_synset(s)
+                if found:
+                    return found.pop() if len(found) == 1 else None
+        return None
 
     def matches(self, text: str) -> list[tuple[int, int, str]]:
         """``(start, end, class)`` of the words and compounds of ``text`` that reach a class,
@@ -182,8 +212,14 @@ class LexicalHints:
     def __call__(self, text: str) -> str:
         inserts = []
         for start, end, name in self.matches(text):
-            after = text[end:].lower().lstrip(" (")
-            if name not in text[start:end].lower() and not after.startswith(name):
+            span = text[start:end].lower()
+            if text[end:].lower().lstrip(" (").startswith(name):
+                continue  # the hint (or the class name) follows already
+            if self.rule == 1:
+                named = name in span
+            else:  # only the bare class name, singular or plural, goes without
+                named = re.fullmatch(rf"{re.escape(name)}(?:e?s)?", span) is not None
+            if not named:
                 inserts.append((end, f" ({name})"))
         for pos, hint in reversed(inserts):
             text = text[:pos] + hint + text[pos:]
@@ -194,8 +230,9 @@ class LexicalHints:
 
 
 @cache
-def load_hints(name: str, vocabulary_root: Path = DATA_DIR) -> LexicalHints:
-    """The hints of an embedded benchmark's shape classes (``"fmnist"``, ``"shapes"``)."""
+def load_hints(name: str, vocabulary_root: Path = DATA_DIR, rule: int = 2) -> LexicalHints:
+    """The hints of an embedded benchmark's shape classes (``"fmnist"``, ``"shapes"``) under
+    ``rule`` (module docstring)."""
     if name not in HINT_SOURCES:
         raise ValueError(f"text_hints must be '' or one of {sorted(HINT_SOURCES)}, got {name!r}")
     data = read_data_file(HINT_SOURCES[name], vocabulary_root)
@@ -204,4 +241,4 @@ def load_hints(name: str, vocabulary_root: Path = DATA_DIR) -> LexicalHints:
         if "synsets" not in entry:
             raise DataError(f"class {value!r} has no 'synsets'", file=HINT_SOURCES[name])
         classes[value] = [str(s) for s in entry["synsets"]]
-    return LexicalHints(classes)
+    return LexicalHints(classes, rule=rule)

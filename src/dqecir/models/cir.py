@@ -154,11 +154,11 @@ def build_model(model_cfg: Any, loss_cfg: Any) -> CIRModel:
 def load_model(path: Any, device: Any = "cpu") -> tuple[CIRModel, Any]:
     """Rebuild a trained model from a checkpoint (config + trainable weights)."""
     from dqecir.checkpoint import load_checkpoint
-    from dqecir.config import config_from_dict
+    from dqecir.config import checkpoint_config
     from dqecir.errors import CheckpointError
 
     ck = load_checkpoint(path)
-    cfg = config_from_dict(ck.meta["config"])
+    cfg = checkpoint_config(ck.meta["config"])
     model = build_model(cfg.model, cfg.loss)
     try:
         model.load_trainable_state_dict(ck.model_state)

@@ -361,6 +361,7 @@ class LiteBackbone(Backbone):
         text_dropout: float = 0.1,
         text_dtype: str = "bfloat16",
         text_hints: str = "",
+        hint_rule: int = 2,
         text_pooled: bool = False,
     ) -> None:
         super().__init__()
@@ -388,11 +389,11 @@ class LiteBackbone(Backbone):
             h_from=h_from,
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
             text_dropout=text_dropout, text_dtype=text_dtype, text_hints=text_hints,
-            text_pooled=text_pooled,
+            hint_rule=hint_rule, text_pooled=text_pooled,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         # WordNet hints for words the training captions never used (dqecir.data.hints)
-        self.hints = load_hints(text_hints) if text_hints else None
+        self.hints = load_hints(text_hints, rule=hint_rule) if text_hints else None
         self.preprocess = Preprocess(
             image_size=image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD, target_pad=target_pad
         )
