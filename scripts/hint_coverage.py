@@ -1,6 +1,6 @@
 """What the WordNet hints (dqecir.data.hints) reach on the embedded benchmarks' vocabulary.
 
-    .venv/bin/python scripts/hint_coverage.py [--seed 0]
+    .venv/bin/python scripts/hint_coverage.py [--seed 0] [--rule 2]
 
 Prints, per benchmark:
 - shape words (garments / object shapes): how many of the held-out words of the phrasing split
@@ -44,8 +44,8 @@ def color_hints(classes: list[str]) -> LexicalHints:
     return LexicalHints({c: s for c, s in synsets.items() if s}, g)
 
 
-def shape_report(benchmark: str, seed: int) -> None:
-    hints = load_hints(benchmark)
+def shape_report(benchmark: str, seed: int, rule: int) -> None:
+    hints = load_hints(benchmark, rule=rule)
     entries = read_data_file(HINT_SOURCES[benchmark])["classes"]
     tags = {next(iter(e)): e[next(iter(e))] for c in entries.values() for e in c["words"]
             if isinstance(e, dict)}  # fmt: skip
@@ -59,7 +59,7 @@ def shape_report(benchmark: str, seed: int) -> None:
             how = "hinted" if hints(w) != w else ("names class" if value in w else "neither")
             counts[(how, tags.get(w, "?"))] += 1
     total = sum(counts.values())
-    print(f"{benchmark}: {total} held-out shape words (seed {seed})")
+    print(f"{benchmark}: {total} held-out shape words (seed {seed}, hint rule {rule})")
     for (how, tag), n in sorted(counts.items()):
         print(f"  {how:12s} {tag:9s} {n}")
     print(f"  words of a class list hinted as another class: {len(wrong)} {wrong[:5]}")
@@ -93,9 +93,10 @@ def color_report(benchmark: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rule", type=int, default=2, help="the hint rule (dqecir.data.hints)")
     args = ap.parse_args()
     for b in HINT_SOURCES:
-        shape_report(b, args.seed)
+        shape_report(b, args.seed, args.rule)
         color_report(b)
 
 

@@ -184,6 +184,17 @@ RUNS.update({
         [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
          f"{BB}.token_dropout=0.0", ITC],
     ),
+    # the same with L_attr weighted 2.0 instead of 0.5: does the relevance hold on new words?
+    "qz_cont_full_e3_nodrop_hints2_td0_wattr2": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
+         f"{BB}.token_dropout=0.0", "loss.w_attr=2.0", ITC],
+    ),
+    "qz_cont_full_e3_nodrop_hints2_td0_wattr1": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
+         f"{BB}.token_dropout=0.0", "loss.w_attr=1.0", ITC],
+    ),
 })  # fmt: skip
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

@@ -49,6 +49,8 @@ def test_every_demo_row_is_a_valid_config(kind):
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard
             assert (c.trns.qlow, c.trns.qhigh) == (0.99, 1.0)
+            assert c.loss.w_attr == 1.0  # the weight chosen on val-unseen
+        assert kw["token_dropout"] == 0.0
         if m.init_from:  # continues an earlier row of the same backbone
             names = [x.name for x in demo.MODELS]
             parent = demo.MODELS[names.index(m.init_from)]
