@@ -173,7 +173,9 @@ def run_demo(
     rows = {m.name: rows[m.name] for m in MODELS}  # table order, whatever finished first
     results = out / "results.md"
     total = time.perf_counter() - t_start
-    results.write_text(_markdown(rows, times, size, total, kind, Path(config).name, jobs))
+    results.write_text(
+        _markdown(rows, times, size, total, kind, Path(config).name, jobs, hinted=bool(hints))
+    )
     (out / "results.json").write_text(json.dumps({"metrics": rows, "seconds": times}, indent=1))
     grid = out / "queries.png"
     draw_grid(best_ckpt[MODELS[-1].name], bench / "cirr", grid, n=grid_queries)
@@ -306,6 +308,7 @@ def _markdown(
     kind: str,
     config: str,
     jobs: int = 1,
+    hinted: bool = False,
 ) -> str:
     lines = [
         f"# Demo results: {kind} test1 (reference removed)",
@@ -316,7 +319,12 @@ def _markdown(
         "phrasing), scored on test1 (reference removed) as written (seen phrasing) and with the "
         "same queries in held-out phrasing: unseen (new sentence forms and new words), new forms "
         "only, new words only. The qformer rows train MiniLM's top 2 layers with the fusion "
-        "(token dropout 0.1); the reference rows keep it frozen. "
+        "(no dropout); the reference rows keep it frozen. "
+        + (
+            f"Every row reads garment / object words with their WordNet hints (rule {HINT_RULE}). "
+            if hinted
+            else ""
+        )
         + "".join(
             f"`{m.name}` starts from the best checkpoint of `{m.init_from}` (its s is its own "
             "training and evaluation). "
