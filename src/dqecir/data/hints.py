@@ -12,13 +12,13 @@ exactly one class of the benchmark, the class name is inserted after it:
 
 The hinted text is what the backbone encodes, in training and at query time alike (the option
 travels with the model's config, and the text cache is keyed by it). Words whose senses reach no
-class, or two classes ("jumper": a sweater and a pinafore dress), and spans that already contain
-the class name are left as they are. The classes and their WordNet synsets are the vocabulary
-files' (``garments.yaml``, ``objects.yaml``): the class definitions, not the word lists, so a
-held-out word is hinted only through WordNet's own tree.
+class are left as they are; which others are (a word with senses in two classes, a span that
+contains its class name) depends on the rule below. The classes and their WordNet synsets are
+the vocabulary files' (``garments.yaml``, ``objects.yaml``): the class definitions, not the
+word lists, so a held-out word is hinted only through WordNet's own tree.
 
 Two rules (``rule``), the second the default since it measured better on ``val-unseen``
-(docs/method.md, "WordNet hints"):
+(docs/method.md, "The second hint rule, no token dropout, and L_attr's weight"):
 
 - ``1``: a word whose senses reach two classes gets no hint, nor does a span that contains its
   class name anywhere ("peacoat", "dress shirt", "work-shirt").
@@ -54,7 +54,8 @@ HINT_SOURCES = {"fmnist": "garments.yaml", "shapes": "objects.yaml"}
 """``text_hints`` names -> the vocabulary file whose class synsets are hinted."""
 
 HINT_RULES = (1, 2)
-"""The hint rules (module docstring); 2 is the default."""
+"""The hint rules (module docstring)."""
+DEFAULT_HINT_RULE = 2
 
 HYPERNYM = ("@", "@i")
 MAX_NGRAM = 3
@@ -124,7 +125,7 @@ class LexicalHints:
         classes: Mapping[str, Sequence[str]],
         graph: NounGraph | None = None,
         max_depth: int = 8,
-        rule: int = 2,
+        rule: int = DEFAULT_HINT_RULE,
     ) -> None:
         if rule not in HINT_RULES:
             raise ValueError(f"hint rule must be one of {HINT_RULES}, got {rule!r}")
@@ -230,7 +231,9 @@ class LexicalHints:
 
 
 @cache
-def load_hints(name: str, vocabulary_root: Path = DATA_DIR, rule: int = 2) -> LexicalHints:
+def load_hints(
+    name: str, vocabulary_root: Path = DATA_DIR, rule: int = DEFAULT_HINT_RULE
+) -> LexicalHints:
     """The hints of an embedded benchmark's shape classes (``"fmnist"``, ``"shapes"``) under
     ``rule`` (module docstring)."""
     if name not in HINT_SOURCES:

@@ -28,7 +28,7 @@ from torch import nn
 from torch.nn import functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from dqecir.data.hints import load_hints
+from dqecir.data.hints import DEFAULT_HINT_RULE, load_hints
 from dqecir.data.images import Preprocess
 from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone, tokenize_padded
@@ -121,9 +121,10 @@ def _package_id(dist: str, weights: Path) -> str:
 
 def _text_top_attention(device: torch.device, trained: bool = True) -> Any:
     """The attention kernel of the MiniLM layers on the cached states: where they train
-    (``trained``) on a CPU with gradients on, PyTorch's math kernel. Without dropout PyTorch would pick its CPU flash kernel, whose backward over a
-    batch of short captions is the slowest op of a qformer step (the torch profiler); with
-    dropout it picks the math kernel itself. Step times of both in benchmarks/train_step.py;
+    (``trained``) on a CPU with gradients on, PyTorch's math kernel. Without dropout PyTorch
+    would pick its CPU flash kernel, whose backward over a batch of short captions is the
+    slowest op of a qformer step (the torch profiler); with dropout it picks the math kernel
+    itself. Step times of both in benchmarks/train_step.py;
     the two kernels agree to float rounding. Elsewhere: PyTorch's choice."""
     if not trained or device.type != "cpu" or not torch.is_grad_enabled():
         return contextlib.nullcontext()
@@ -361,7 +362,7 @@ class LiteBackbone(Backbone):
         text_dropout: float = 0.1,
         text_dtype: str = "bfloat16",
         text_hints: str = "",
-        hint_rule: int = 2,
+        hint_rule: int = DEFAULT_HINT_RULE,
         text_pooled: bool = False,
     ) -> None:
         super().__init__()
