@@ -195,6 +195,25 @@ RUNS.update({
         [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
          f"{BB}.token_dropout=0.0", "loss.w_attr=1.0", ITC],
     ),
+    # L2-SP on MiniLM's trained top layers (train.anchor_decay: decay toward the shipped
+    # weights instead of zero): the demo's L_itc row, then its DQE-CIR row continuing it
+    # (--itc the matching L_itc run's best.safetensors)
+    **{
+        f"qz_top2_hints2_e8_td0_anchor{r}": (
+            "baseline+mask",
+            [*QFORMER, *TOP2, HINTS, RULE2, *NODROP, "train.epochs=8",
+             f"{BB}.token_dropout=0.0", f"train.anchor_decay={r}"],
+        )
+        for r in (1, 3, 10)
+    },
+    **{
+        f"qz_cont_full_e3_hints2_td0_wattr1_anchor{r}": (
+            "full",
+            [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
+             f"{BB}.token_dropout=0.0", "loss.w_attr=1.0", f"train.anchor_decay={r}", ITC],
+        )
+        for r in (1, 3, 10)
+    },
 })  # fmt: skip
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip

@@ -442,3 +442,46 @@ def test_mining_embeds_under_the_training_autocast_and_scores_in_float32(
             assert not got & ({int(qz.reference[i])} | set(qz.gts[i]))
     trainer.mine()  # the Trainer passes its own autocast
     assert casts[-1] == torch.bfloat16
+
+
+def test_anchor_decay_pulls_pretrained_weights_toward_their_start_and_nothing_else():
+    """train.anchor_decay: the weights under backbone.text_top leave AdamW's decay toward zero
+    and move toward their starting values by lr * rate of the gap per step; the rest keep the
+    usual weight decay and no anchor."""
+    import torch.nn as nn
+
+    from dqecir.config import load_config
+    from dqecir.train import AnchorDecay, make_optimizer
+
+    class Backbone(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.text_top = nn.ModuleList([nn.Linear(3, 3)])
+            self.fusion = nn.Linear(3, 3)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = Backbone()
+
+    torch.manual_seed(0)
+    m = Model()
+    cfg = load_config(None, ["train.lr=0.1", "train.anchor_decay=2", "train.weight_decay=0.05"])
+    opt = make_optimizer(m, cfg)
+    top_w, fusion_w = m.backbone.text_top[0].weight, m.backbone.fusion.weight
+    decay_of = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    assert decay_of[id(top_w)] == 0.0 and decay_of[id(fusion_w)] == 0.05
+    anchor = AnchorDecay(m, opt, cfg.train.anchor_decay)
+    assert anchor.count == 12  # the top layer's weight and bias only
+    start_top, start_fusion = top_w.detach().clone(), fusion_w.detach().clone()
+    with torch.no_grad():
+        top_w.add_(1.0)  # as if training had moved it
+        fusion_w.add_(1.0)
+    anchor.step()
+    # the gap shrinks by lr * rate = 0.2
+    assert torch.allclose(top_w - start_top, torch.full_like(top_w, 0.8))
+    assert torch.equal(fusion_w, start_fusion + 1.0)
+    off = make_optimizer(m, load_config(None, ["train.weight_decay=0.05"]))
+    assert {
+        g["weight_decay"] for g in off.param_groups if any(p is top_w for p in g["params"])
+    } == {0.05}

@@ -153,6 +153,11 @@ class TrainConfig:
     """Learning rate of trainable weights that start from a pretrained tower (lite's trained
     MiniLM top layers); 0: ``lr``."""
     weight_decay: float = 0.05
+    anchor_decay: float = 0.0
+    """Decoupled decay of the weights that start from a pretrained tower (lite's trained MiniLM
+    top layers) toward their shipped values instead of toward zero, at this rate per unit of
+    learning rate (L2-SP in AdamW's decoupled form); 0: they take ``weight_decay`` like the rest.
+    """
     betas: tuple[float, float] = (0.9, 0.98)
     schedule: str = "cosine"
     """cosine | onecycle | constant (all with linear warm-up)."""

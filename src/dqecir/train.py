@@ -157,8 +157,9 @@ def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.dim() >= 2 and "temperature" not in name
         pre = name.startswith(PRETRAINED_PREFIXES)
+        # Anchored pretrained weights decay toward their start (AnchorDecay), not toward zero.
+        decay = p.dim() >= 2 and "temperature" not in name and not (pre and cfg.train.anchor_decay)
         buckets.setdefault((decay, pre), []).append(p)
     groups = [
         {"params": ps, "weight_decay": cfg.train.weight_decay if decay else 0.0,
@@ -166,6 +167,36 @@ def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
         for (decay, pre), ps in sorted(buckets.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     ]  # fmt: skip
     return torch.optim.AdamW(groups, lr=cfg.train.lr, betas=tuple(cfg.train.betas))
+
+
+class AnchorDecay:
+    """L2-SP in decoupled form (``train.anchor_decay``): after each optimizer step every weight
+    that starts from a pretrained tower moves toward its starting value by
+    ``lr * anchor_decay`` of the gap, as AdamW's weight decay moves weights toward zero. The
+    anchors are taken when the model is built, i.e. the tower's shipped weights, also for a run
+    that then starts from a checkpoint (``train.init_from``) or resumes."""
+
+    def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, rate: float) -> None:
+        self.rate = rate
+        named = dict(model.named_parameters())
+        ids = {id(p) for p in named.values() if p.requires_grad}
+        pre = {id(p): p for n, p in named.items() if n.startswith(PRETRAINED_PREFIXES)}
+        self.groups = [
+            (g, [(p, p.detach().clone()) for p in g["params"] if id(p) in pre and id(p) in ids])
+            for g in opt.param_groups
+        ]
+        self.groups = [(g, ps) for g, ps in self.groups if ps]
+
+    @property
+    def count(self) -> int:
+        return sum(p.numel() for _, ps in self.groups for p, _ in ps)
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for g, ps in self.groups:
+            f = g["lr"] * self.rate
+            for p, anchor in ps:
+                p.sub_(p - anchor, alpha=f)
 
 
 # ---------------------------------------------------------------------------- the data
@@ -277,6 +308,11 @@ class Trainer:
         self.batches = epoch_batches(len(self.queries), cfg.train.batch_size, self.dist.world)
         self.steps_per_epoch = len(self.batches)  # ceil(queries / batch_size) in one process
         self.opt = make_optimizer(self.model, cfg)
+        self.anchor = (
+            AnchorDecay(self.model, self.opt, cfg.train.anchor_decay)
+            if cfg.train.anchor_decay > 0
+            else None
+        )
         self.sched = make_scheduler(self.opt, cfg, self.steps_per_epoch * cfg.train.epochs)
         self.objective = DQECIRObjective(
             cfg.loss,
@@ -370,6 +406,8 @@ class Trainer:
         if self.cfg.train.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.train.grad_clip)
         self.opt.step()
+        if self.anchor is not None:
+            self.anchor.step()
         self.sched.step()
         self.state.global_step += 1
         dt = time.perf_counter() - t0
