@@ -245,3 +245,48 @@ def test_overflow_is_an_error_and_float32_option(tmp_path: Path, images: dict[st
         _Overflowing(), ["im0"], images, progress=False
     )
     assert t.tensor(["im0"])[0, 0] == 1e6
+
+
+def test_two_writers_filling_one_store_side_by_side_both_succeed_and_compute_once(
+    tmp_path: Path,
+) -> None:
+    """Two runs that find the same texts missing at the same time (two trainings side by side
+    on one benchmark): the second waits for the first's lock and then finds the rows there,
+    instead of removing the generation the first is writing."""
+    import threading
+    import time
+
+    c = _tiny()
+    inner = c.bb.text_features
+    started = threading.Event()
+
+    def slow(texts):  # keep the first writer inside its fill while the second arrives
+        started.set()
+        time.sleep(0.05)
+        return inner(texts)
+
+    c.bb.text_features = slow
+    texts = [f"make it colour {i}" for i in range(12)]
+    results, errors = {}, []
+
+    def fill(name: str) -> None:
+        try:
+            results[name] = FeatureCache(tmp_path / "c").text_features(
+                c.bb, texts, batch_size=2, progress=False
+            )
+        except Exception as e:  # pragma: no cover - what the test fails on
+            errors.append(e)
+
+    first = threading.Thread(target=fill, args=("a",))
+    first.start()
+    started.wait(5)
+    second = threading.Thread(target=fill, args=("b",))
+    second.start()
+    first.join(30)
+    second.join(30)
+    assert not errors
+    assert c.text_rows == len(texts)  # the second computed nothing
+    for t in results.values():
+        assert len(t) == len(texts) and torch.equal(t.get(texts)["mask"], inner(texts)["mask"])
+    lock = store_dir(tmp_path / "c", "texts", c.bb.text_cache_key())
+    assert (lock.parent / f".{lock.name}.lock").is_file()

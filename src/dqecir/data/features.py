@@ -24,11 +24,17 @@ Rules:
 - floating features are stored as ``float16`` by default (``dtype=``); integer / bool fields
   (token ids, masks) keep their dtype. Values that overflow the storage dtype are an error.
 
-One writer per store at a time (no lock is taken).
+Several processes may share a cache (two runs side by side on one benchmark): reading a store
+takes a shared lock on ``.k-<key hash>.lock`` beside it, adding rows an exclusive one, and a
+writer reads the store again once it holds the lock, so the second of two runs that both found
+rows missing waits for the first and computes only what is still missing. (POSIX ``flock``;
+where ``fcntl`` is missing, as on Windows, no lock is taken and one writer at a time is the
+caller's care.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,6 +44,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None  # type: ignore[assignment]
 from typing import Protocol
 
 import numpy as np
@@ -170,6 +181,22 @@ class _Store:
         except (OSError, ValueError, KeyError, TypeError, RecursionError) as e:
             self._rebuild(f"does not match its manifest ({e})")
             return None
+
+    @contextlib.contextmanager
+    def locked(self, exclusive: bool) -> Iterator[None]:
+        """Hold the store's lock file (beside the store, so that a rebuild, which removes the
+        store's folder, keeps it): shared for reading, exclusive for adding rows."""
+        if fcntl is None:
+            yield
+            return
+        lock = self.root.parent / f".{self.root.name}.lock"
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        with open(lock, "a+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
     def _load(self, manifest: dict, hashed: bool) -> FeatureTable:
         if manifest.get("format") != FORMAT:
@@ -380,18 +407,24 @@ class FeatureCache:
         # the loader's version too: a file that decodes to other pixels needs new features
         key = f"{backbone.image_cache_key()}|loader-{LOADER_VERSION}"
         store = _Store(store_dir(self.root, "images", key), "images", self.dtype)
-        table = store.open(key, hashed=False)
+        with store.locked(exclusive=False):
+            table = store.open(key, hashed=False)
         missing = _missing(table, ids)
         if not missing:
             return table  # type: ignore[return-value]
         for i in missing:
             if i not in path_of:
                 raise DataError("no image path given for this id", record=i, file=self.root)
-        log.info("feature cache %s: computing %d image features", store.root, len(missing))
-        batches = self._image_batches(
-            backbone, missing, path_of, batch_size, device, workers, progress
-        )
-        return store.extend(key, table, missing, batches, hashed=False)
+        with store.locked(exclusive=True):
+            table = store.open(key, hashed=False)  # another process may have added them
+            missing = _missing(table, ids)
+            if not missing:
+                return table  # type: ignore[return-value]
+            log.info("feature cache %s: computing %d image features", store.root, len(missing))
+            batches = self._image_batches(
+                backbone, missing, path_of, batch_size, device, workers, progress
+            )
+            return store.extend(key, table, missing, batches, hashed=False)
 
     def text_features(
         self,
@@ -404,11 +437,31 @@ class FeatureCache:
         """Features of every unique text, keyed by the text itself (``table.get(texts)``)."""
         key = backbone.text_cache_key()
         store = _Store(store_dir(self.root, "texts", key), "texts", self.dtype)
-        table = store.open(key, hashed=True)
+        with store.locked(exclusive=False):
+            table = store.open(key, hashed=True)
         by_id = {text_id(t): t for t in texts}
         missing = _missing(table, by_id)
         if not missing:
             return table  # type: ignore[return-value]
+        with store.locked(exclusive=True):
+            table = store.open(key, hashed=True)  # another process may have added them
+            missing = _missing(table, by_id)
+            if not missing:
+                return table  # type: ignore[return-value]
+            return self._fill_texts(store, key, table, backbone, by_id, missing, batch_size,
+                                    progress)  # fmt: skip
+
+    def _fill_texts(
+        self,
+        store: _Store,
+        key: str,
+        table: FeatureTable | None,
+        backbone: FrozenStage,
+        by_id: dict[str, str],
+        missing: list[str],
+        batch_size: int,
+        progress: bool,
+    ) -> FeatureTable:
         # shortest first: each batch then pads to about its own length, not to the longest
         # text of a random draw (1.15x the texts/s on hinted fmnist captions at 2 threads,
         # benchmarks/results/feature-fill.md)
