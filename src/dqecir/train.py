@@ -151,7 +151,9 @@ PRETRAINED_PREFIXES = ("backbone.text_top.",)
 
 def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
     """AdamW with weight decay on matrices only; weights that start from a pretrained tower
-    (the trained MiniLM top layers) take ``train.lr_pretrained`` when it is set."""
+    (the trained MiniLM top layers) take ``train.lr_pretrained`` when it is set, and no weight
+    decay when ``train.anchor_decay`` is (they decay toward their start instead:
+    :class:`AnchorDecay`)."""
     lr_pre = cfg.train.lr_pretrained or cfg.train.lr
     buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
