@@ -214,6 +214,18 @@ RUNS.update({
         )
         for r in (1, 3, 10)
     },
+    # three trained MiniLM layers instead of two (the demo's L_itc row, then its DQE-CIR row
+    # continuing it, --itc the first's best.safetensors); a later override wins
+    "qz_top3_hints2_e8_td0": (
+        "baseline+mask",
+        [*QFORMER, *TOP2, HINTS, RULE2, *NODROP, "train.epochs=8",
+         f"{BB}.token_dropout=0.0", f"{BB}.text_layers=3"],
+    ),
+    "qz_cont_full_e3_top3_hints2_td0_wattr1": (
+        "full",
+        [*QFORMER, *TOP2, HINTS, RULE2, *FULL_BAND, *CONTINUE, *NODROP, "train.epochs=3",
+         f"{BB}.token_dropout=0.0", "loss.w_attr=1.0", f"{BB}.text_layers=3", ITC],
+    ),
 })  # fmt: skip
 KEYS = ["map@10", "recall@10", "recall_subset@1", "color/map@10", "shape/map@10", "both/map@10",
         "attr_acc"]  # fmt: skip
