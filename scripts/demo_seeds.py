@@ -31,11 +31,11 @@ def row_values(metrics: dict) -> dict[str, float]:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("demos", nargs="+", type=Path)
     ap.add_argument("--rows", nargs="*", default=["lite qformer"])
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
     per_row: dict[str, list[tuple[str, dict[str, float]]]] = {}
     for d in a.demos:
         path = d / "results.json"
