@@ -40,15 +40,10 @@ import json
 import logging
 import shutil
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no locking
-    fcntl = None  # type: ignore[assignment]
 from typing import Protocol
 
 import numpy as np
@@ -58,6 +53,11 @@ from tqdm.auto import tqdm
 from dqecir.data.images import LOADER_VERSION, Preprocess, load_tensor
 from dqecir.errors import DataError
 from dqecir.files import fsync_path, write_json_atomic
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -197,6 +197,27 @@ class _Store:
                 yield
             finally:
                 fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+    def ensure(
+        self,
+        key: str,
+        hashed: bool,
+        ids: Iterable[str],
+        fill: Callable[[FeatureTable | None, list[str]], FeatureTable],
+    ) -> FeatureTable:
+        """The table holding every id of ``ids``: read under the shared lock; when some are
+        missing, read again under the exclusive lock (another process may have added them
+        meanwhile) and ``fill(table, missing)`` what is still missing."""
+        with self.locked(exclusive=False):
+            table = self.open(key, hashed)
+        if not _missing(table, ids):
+            return table  # type: ignore[return-value]
+        with self.locked(exclusive=True):
+            table = self.open(key, hashed)
+            missing = _missing(table, ids)
+            if not missing:
+                return table  # type: ignore[return-value]
+            return fill(table, missing)
 
     def _load(self, manifest: dict, hashed: bool) -> FeatureTable:
         if manifest.get("format") != FORMAT:
@@ -407,24 +428,18 @@ class FeatureCache:
         # the loader's version too: a file that decodes to other pixels needs new features
         key = f"{backbone.image_cache_key()}|loader-{LOADER_VERSION}"
         store = _Store(store_dir(self.root, "images", key), "images", self.dtype)
-        with store.locked(exclusive=False):
-            table = store.open(key, hashed=False)
-        missing = _missing(table, ids)
-        if not missing:
-            return table  # type: ignore[return-value]
-        for i in missing:
-            if i not in path_of:
-                raise DataError("no image path given for this id", record=i, file=self.root)
-        with store.locked(exclusive=True):
-            table = store.open(key, hashed=False)  # another process may have added them
-            missing = _missing(table, ids)
-            if not missing:
-                return table  # type: ignore[return-value]
+
+        def fill(table: FeatureTable | None, missing: list[str]) -> FeatureTable:
+            for i in missing:
+                if i not in path_of:
+                    raise DataError("no image path given for this id", record=i, file=self.root)
             log.info("feature cache %s: computing %d image features", store.root, len(missing))
             batches = self._image_batches(
                 backbone, missing, path_of, batch_size, device, workers, progress
             )
             return store.extend(key, table, missing, batches, hashed=False)
+
+        return store.ensure(key, False, ids, fill)
 
     def text_features(
         self,
@@ -437,46 +452,26 @@ class FeatureCache:
         """Features of every unique text, keyed by the text itself (``table.get(texts)``)."""
         key = backbone.text_cache_key()
         store = _Store(store_dir(self.root, "texts", key), "texts", self.dtype)
-        with store.locked(exclusive=False):
-            table = store.open(key, hashed=True)
         by_id = {text_id(t): t for t in texts}
-        missing = _missing(table, by_id)
-        if not missing:
-            return table  # type: ignore[return-value]
-        with store.locked(exclusive=True):
-            table = store.open(key, hashed=True)  # another process may have added them
-            missing = _missing(table, by_id)
-            if not missing:
-                return table  # type: ignore[return-value]
-            return self._fill_texts(store, key, table, backbone, by_id, missing, batch_size,
-                                    progress)  # fmt: skip
 
-    def _fill_texts(
-        self,
-        store: _Store,
-        key: str,
-        table: FeatureTable | None,
-        backbone: FrozenStage,
-        by_id: dict[str, str],
-        missing: list[str],
-        batch_size: int,
-        progress: bool,
-    ) -> FeatureTable:
-        # shortest first: each batch then pads to about its own length, not to the longest
-        # text of a random draw (1.15x the texts/s on hinted fmnist captions at 2 threads,
-        # benchmarks/results/feature-fill.md)
-        missing.sort(key=lambda i: len(by_id[i]))
-        log.info("feature cache %s: computing %d text features", store.root, len(missing))
+        def fill(table: FeatureTable | None, missing: list[str]) -> FeatureTable:
+            # shortest first: each batch then pads to about its own length, not to the longest
+            # text of a random draw (1.15x the texts/s on hinted fmnist captions at 2 threads,
+            # benchmarks/results/feature-fill.md)
+            missing.sort(key=lambda i: len(by_id[i]))
+            log.info("feature cache %s: computing %d text features", store.root, len(missing))
 
-        def batches() -> Iterator[dict[str, torch.Tensor]]:
-            with tqdm(
-                total=len(missing), desc="text features", unit="text", disable=not progress
-            ) as bar:
-                for chunk in _chunks(missing, batch_size):
-                    yield backbone.text_features([by_id[i] for i in chunk])
-                    bar.update(len(chunk))
+            def batches() -> Iterator[dict[str, torch.Tensor]]:
+                with tqdm(
+                    total=len(missing), desc="text features", unit="text", disable=not progress
+                ) as bar:
+                    for chunk in _chunks(missing, batch_size):
+                        yield backbone.text_features([by_id[i] for i in chunk])
+                        bar.update(len(chunk))
 
-        return store.extend(key, table, missing, batches(), hashed=True)
+            return store.extend(key, table, missing, batches(), hashed=True)
+
+        return store.ensure(key, True, by_id, fill)
 
     def _image_batches(
         self,
