@@ -20,7 +20,7 @@ import torch
 
 from dqecir.data.formats import load_benchmark
 from dqecir.data.pipeline import build_features
-from dqecir.evaluate import embed_gallery, rank_split
+from dqecir.evaluate import rank_split
 from dqecir.models.cir import load_model
 
 
@@ -34,6 +34,18 @@ def heldout_words(meta: Path) -> dict[str, list[re.Pattern]]:
     return out
 
 
+def rank_benchmark_split(model, root: Path, split_name: str, dev: torch.device):
+    """``split_name`` of the benchmark at ``root`` (its CIRR layout) and ``model``'s ranking of
+    it (with the attribute relevance where the model has one), features through the
+    benchmark's cache."""
+    cirr = root / "cirr"
+    split = load_benchmark("cirr", cirr, split_name)[0]
+    table = build_features(
+        model.backbone, [split], train=False, cache_dir=cirr / ".dqecir-cache", device=dev
+    )
+    return split, rank_split(model, split, table, dev, progress=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("checkpoint", type=Path)
@@ -45,13 +57,7 @@ def main() -> None:
     model, _ = load_model(a.checkpoint, dev)
     if not model.attributes:
         raise SystemExit(f"{a.checkpoint}: the model has no attribute weights")
-    cirr = a.root / "cirr"
-    split = load_benchmark("cirr", cirr, a.split)[0]
-    table = build_features(
-        model.backbone, [split], train=False, cache_dir=cirr / ".dqecir-cache", device=dev
-    )
-    gallery = embed_gallery(model, table.images[table.image_rows(split.gallery)], dev)
-    ranking = rank_split(model, split, table, dev, progress=False, gallery_emb=gallery)
+    split, ranking = rank_benchmark_split(model, a.root, a.split, dev)
     held = heldout_words(a.root / "meta.json")
     decisions = 0
     errors: collections.Counter = collections.Counter()

@@ -15,11 +15,8 @@ import collections
 from pathlib import Path
 
 import torch
-from relevance_errors import heldout_words
+from relevance_errors import heldout_words, rank_benchmark_split
 
-from dqecir.data.formats import load_benchmark
-from dqecir.data.pipeline import build_features
-from dqecir.evaluate import embed_gallery, rank_split
 from dqecir.metrics import average_precision_at_k
 from dqecir.models.cir import load_model
 
@@ -34,13 +31,7 @@ def main() -> None:
     a = ap.parse_args()
     dev = torch.device("cpu")
     model, _ = load_model(a.checkpoint, dev)
-    cirr = a.root / "cirr"
-    split = load_benchmark("cirr", cirr, a.split)[0]
-    table = build_features(
-        model.backbone, [split], train=False, cache_dir=cirr / ".dqecir-cache", device=dev
-    )
-    gallery = embed_gallery(model, table.images[table.image_rows(split.gallery)], dev)
-    ranking = rank_split(model, split, table, dev, progress=False, gallery_emb=gallery)
+    split, ranking = rank_benchmark_split(model, a.root, a.split, dev)
     patterns = heldout_words(a.root / "meta.json").get(a.attribute, [])
     scores: dict[str, list[float]] = collections.defaultdict(list)
     examples: dict[str, list[str]] = collections.defaultdict(list)

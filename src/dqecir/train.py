@@ -180,14 +180,12 @@ class AnchorDecay:
 
     def __init__(self, model: torch.nn.Module, opt: torch.optim.Optimizer, rate: float) -> None:
         self.rate = rate
-        named = dict(model.named_parameters())
-        ids = {id(p) for p in named.values() if p.requires_grad}
-        pre = {id(p): p for n, p in named.items() if n.startswith(PRETRAINED_PREFIXES)}
-        self.groups = [
-            (g, [(p, p.detach().clone()) for p in g["params"] if id(p) in pre and id(p) in ids])
+        pre = {id(p) for n, p in model.named_parameters() if n.startswith(PRETRAINED_PREFIXES)}
+        groups = [
+            (g, [(p, p.detach().clone()) for p in g["params"] if id(p) in pre])
             for g in opt.param_groups
         ]
-        self.groups = [(g, ps) for g, ps in self.groups if ps]
+        self.groups = [(g, ps) for g, ps in groups if ps]
 
     @property
     def count(self) -> int:
