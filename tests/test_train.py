@@ -450,7 +450,7 @@ def test_anchor_decay_pulls_pretrained_weights_toward_their_start_and_nothing_el
     usual weight decay and no anchor."""
     import torch.nn as nn
 
-    from dqecir.config import load_config
+    from dqecir.config import ConfigError, load_config
     from dqecir.train import AnchorDecay, make_optimizer
 
     class Backbone(nn.Module):
@@ -481,6 +481,8 @@ def test_anchor_decay_pulls_pretrained_weights_toward_their_start_and_nothing_el
     # the gap shrinks by lr * rate = 0.2
     assert torch.allclose(top_w - start_top, torch.full_like(top_w, 0.8))
     assert torch.equal(fusion_w, start_fusion + 1.0)
+    with pytest.raises(ConfigError, match="train.anchor_decay must be >= 0"):
+        make_optimizer(m, load_config(None, ["train.anchor_decay=-1"]))
     off = make_optimizer(m, load_config(None, ["train.weight_decay=0.05"]))
     assert {
         g["weight_decay"] for g in off.param_groups if any(p is top_w for p in g["params"])

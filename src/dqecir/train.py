@@ -154,6 +154,8 @@ def make_optimizer(model: CIRModel, cfg: Config) -> torch.optim.AdamW:
     (the trained MiniLM top layers) take ``train.lr_pretrained`` when it is set, and no weight
     decay when ``train.anchor_decay`` is (they decay toward their start instead:
     :class:`AnchorDecay`)."""
+    if cfg.train.anchor_decay < 0:
+        raise ConfigError(f"train.anchor_decay must be >= 0, got {cfg.train.anchor_decay}")
     lr_pre = cfg.train.lr_pretrained or cfg.train.lr
     buckets: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
