@@ -1,6 +1,6 @@
 """What the WordNet hints (dqecir.data.hints) reach on the embedded benchmarks' vocabulary.
 
-    .venv/bin/python scripts/hint_coverage.py [--seed 0] [--rule 2]
+    .venv/bin/python scripts/hint_coverage.py [--seed 0] [--rule 3]
 
 Prints, per benchmark:
 - shape words (garments / object shapes): how many of the held-out words of the phrasing split
@@ -19,7 +19,13 @@ import argparse
 import re
 from collections import Counter
 
-from dqecir.data.hints import HINT_SOURCES, LexicalHints, load_hints, noun_graph
+from dqecir.data.hints import (
+    DEFAULT_HINT_RULE,
+    HINT_SOURCES,
+    LexicalHints,
+    load_hints,
+    noun_graph,
+)
 from dqecir.data.synthetic.phrasing import Phrasing
 from dqecir.data.synthetic.vocabulary import load_vocabulary, read_data_file
 
@@ -93,7 +99,9 @@ def color_report(benchmark: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--rule", type=int, default=2, help="the hint rule (dqecir.data.hints)")
+    ap.add_argument(
+        "--rule", type=int, default=DEFAULT_HINT_RULE, help="the hint rule (dqecir.data.hints)"
+    )
     args = ap.parse_args()
     for b in HINT_SOURCES:
         shape_report(b, args.seed, args.rule)

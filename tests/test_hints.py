@@ -7,9 +7,16 @@ import re
 
 import pytest
 import torch
+import yaml
 
-from dqecir.data.hints import HINT_SOURCES, LexicalHints, NounGraph, load_hints
-from dqecir.data.synthetic.vocabulary import load_vocabulary, read_data_file
+from dqecir.data.hints import (
+    HINT_SOURCES,
+    AdjectiveNouns,
+    LexicalHints,
+    NounGraph,
+    load_hints,
+)
+from dqecir.data.synthetic.vocabulary import DATA_DIR, load_vocabulary, read_data_file
 from dqecir.errors import DataError
 
 # A tiny noun graph: clothing <- coat (class) <- jacket <- anorak; footwear <- boot (class);
@@ -38,7 +45,7 @@ def toy() -> LexicalHints:
 
 @pytest.fixture
 def toy2() -> LexicalHints:
-    return LexicalHints(CLASSES, NounGraph(SENSES, HYPERNYMS, {"lice": "louse"}))
+    return LexicalHints(CLASSES, NounGraph(SENSES, HYPERNYMS, {"lice": "louse"}), rule=2)
 
 
 def test_a_hyponym_gets_its_class_and_others_are_left_alone(toy: LexicalHints) -> None:
@@ -82,8 +89,76 @@ def test_the_rule_is_part_of_the_fingerprint_and_rule_1_keeps_its_own() -> None:
     # the digest of rule 1 is the one its text caches were written under
     old = repr((sorted(one.class_of.items()), one.max_depth))
     assert one.fingerprint() == hashlib.sha256(old.encode()).hexdigest()[:12]
+    three = LexicalHints(CLASSES, g, rule=3)
+    assert len({one.fingerprint(), two.fingerprint(), three.fingerprint()}) == 3
     with pytest.raises(ValueError, match="hint rule"):
-        LexicalHints(CLASSES, g, rule=3)
+        LexicalHints(CLASSES, g, rule=4)
+
+
+# Adjectives of the toy graph: "coated" derives from coat's sense, "jacketed" from jacket's,
+# "bootlike" has a first sense with no noun and a second from boot, "mixed" derives from both
+# coat and dress, "flannel" is also an adjective (its noun sense decides, under trousers).
+ADJECTIVES = AdjectiveNouns(
+    {"coated": ("A1",), "jacketed": ("A2",), "bootlike": ("A3", "A4"), "mixed": ("A5",),
+     "flannel": ("A6",), "bare": ("A7",)},
+    {"A1": ("c",), "A2": ("j",), "A3": (), "A4": ("b",), "A5": ("c", "d"), "A6": ("c",),
+     "A7": ("x",)},
+)  # fmt: skip
+
+
+def test_rule_3_reads_adjectives_through_the_nouns_they_derive_from() -> None:
+    g = NounGraph(SENSES, HYPERNYMS, {})
+    h = LexicalHints(CLASSES, g, rule=3, adjectives=ADJECTIVES)
+    assert h("a jacketed one") == "a jacketed (coat) one"  # its noun is under the class
+    assert h("a coated thing") == "a coated (coat) thing"
+    assert h("bootlike") == "bootlike (ankle boot)"  # the first sense with a noun decides
+    assert h("a mixed one") == "a mixed one"  # its noun senses reach two classes
+    assert h("a bare one") == "a bare one"  # its noun reaches none
+    assert h("flannel, not a shirt") == "flannel (trousers), not a shirt"  # noun sense first
+    # rule 2 reads no adjectives
+    two = LexicalHints(CLASSES, g, rule=2)
+    assert two("a jacketed one") == "a jacketed one"
+
+
+def test_rule_3_on_the_real_database() -> None:
+    shapes = load_hints("shapes", rule=3)
+    assert shapes("a three-sided shape") == "a three-sided (triangle) shape"
+    assert shapes("MAKE IT TRIANGULAR") == "MAKE IT TRIANGULAR (triangle)"
+    assert shapes("a round one") == "a round (circle) one"
+    assert shapes("a hexagonal shape") == "a hexagonal (hexagon) shape"
+    assert load_hints("shapes", rule=2)("a three-sided shape") == "a three-sided shape"
+    # the label name's own sense: Fashion-MNIST's "T-shirt/top" (label_synsets, rule 3 only)
+    fm = load_hints("fmnist", rule=3)
+    assert fm("is a top") == "is a top (t-shirt)"
+    assert fm("a topcoat") == "a topcoat (coat)"
+    assert fm("a blouse") == "a blouse (shirt)"  # a hyponym of "top" keeps its nearer class
+    assert load_hints("fmnist", rule=2)("is a top") == "is a top"
+
+
+@pytest.mark.parametrize("benchmark", ["fmnist", "shapes"])
+def test_rule_3_hints_no_colour_name_and_no_caption_form(benchmark: str) -> None:
+    """The adjective walk adds no hint to a colour name or to a sentence form's words (a hint
+    there would name a garment / shape the caption does not; "denim blue" has its noun hint
+    under rule 2 already)."""
+    h, h2 = load_hints(benchmark, rule=3), load_hints(benchmark, rule=2)
+    vocab = load_vocabulary(benchmark)
+    for value, names in vocab.words["color"].items():
+        for name in names:
+            assert h(name) == h2(name), (value, name)
+    forms = yaml.safe_load((DATA_DIR / "forms.yaml").read_text(encoding="utf-8"))
+    words: set[str] = set()
+
+    def collect(node: object) -> None:
+        if isinstance(node, str):
+            words.update(re.findall(r"[a-z][a-z'-]*", node.lower()))
+        elif isinstance(node, list | dict):
+            for item in node.values() if isinstance(node, dict) else node:
+                collect(item)
+
+    collect({k: v for k, v in forms.items() if k not in ("source", "rule")})
+    assert len(words) > 100
+    hinted = sorted(w for w in words if h(w) != h2(w))
+    assert hinted == [], hinted
 
 
 def test_compounds_longest_first_and_modifiers_dropped(toy: LexicalHints) -> None:
@@ -111,7 +186,7 @@ def test_bad_class_maps_are_refused() -> None:
         load_hints("cirr")
 
 
-@pytest.mark.parametrize("rule", [1, 2])
+@pytest.mark.parametrize("rule", [1, 2, 3])
 @pytest.mark.parametrize("benchmark", ["fmnist", "shapes"])
 def test_real_wordnet_hints_never_name_a_wrong_class(benchmark: str, rule: int) -> None:
     """On the real database: no word of a class's list is hinted as another class, and every
@@ -160,7 +235,7 @@ def test_lite_reads_hinted_text_and_keys_its_cache_by_them() -> None:
         "lite", fusion="combiner", text_dtype="float32", text_hints="fmnist"
     ).eval()
     assert hinted.config()["text_hints"] == "fmnist"
-    assert hinted.config()["hint_rule"] == 2 and hinted.hints.rule == 2
+    assert hinted.config()["hint_rule"] == 3 and hinted.hints.rule == 3  # the default
     assert "hints=fmnist@" in hinted.text_cache_key()
     assert plain.text_cache_key() != hinted.text_cache_key()
     rule1 = create_backbone(

@@ -105,8 +105,8 @@ def run_slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-# The hint rule of the demo's rows (dqecir.data.hints; docs/method.md, "The second hint rule")
-HINT_RULE = 2
+# The hint rule of the demo's rows (dqecir.data.hints; docs/method.md, "The third hint rule")
+HINT_RULE = 3
 
 
 def demo_hints(kind: str, config: Path) -> list[str]:

@@ -17,8 +17,9 @@ contains its class name) depends on the rule below. The classes and their WordNe
 the vocabulary files' (``garments.yaml``, ``objects.yaml``): the class definitions, not the
 word lists, so a held-out word is hinted only through WordNet's own tree.
 
-Two rules (``rule``), the second the default since it measured better on ``val-unseen``
-(docs/method.md, "The second hint rule, no token dropout, and L_attr's weight"):
+Three rules (``rule``), each made the default once it measured better on ``val-unseen``
+(docs/method.md, "The second hint rule, no token dropout, and L_attr's weight" and "The third
+hint rule: adjectives and label names"); the third is the default:
 
 - ``1``: a word whose senses reach two classes gets no hint, nor does a span that contains its
   class name anywhere ("peacoat", "dress shirt", "work-shirt").
@@ -27,6 +28,13 @@ Two rules (``rule``), the second the default since it measured better on ``val-u
   pinafore dress), and every span but the bare class name gets its hint ("peacoat (coat)",
   "dress shirt (shirt)"; "coats" does not), so that a compound reads the same whether or not it
   contains a class name as a substring or as a modifier.
+
+- ``3``: rule 2, and also adjectives: a word with no noun sense that reaches a class is read
+  through the nouns WordNet derives its adjective senses from (pointers ``+`` and ``\\``,
+  first sense first): "three-sided" and "triangular" come from "triangle", "round" from
+  "circle", so "a three-sided shape" -> "a three-sided (triangle) shape". Rule 3 also reads each
+  class's ``label_synsets`` (the senses of the dataset's own label name that the word-list
+  synsets lack: Fashion-MNIST's label 0 is "T-shirt/top", so the garment sense of "top").
 
 Only the "shape" attribute (garments, object shapes) is hinted: for colour names WordNet's hue
 tree and the benchmarks' colour classes (CIELAB regions) disagree on 33 of the 79 xkcd names
@@ -53,11 +61,12 @@ from dqecir.errors import DataError
 HINT_SOURCES = {"fmnist": "garments.yaml", "shapes": "objects.yaml"}
 """``text_hints`` names -> the vocabulary file whose class synsets are hinted."""
 
-HINT_RULES = (1, 2)
+HINT_RULES = (1, 2, 3)
 """The hint rules (module docstring)."""
-DEFAULT_HINT_RULE = 2
+DEFAULT_HINT_RULE = 3
 
 HYPERNYM = ("@", "@i")
+DERIVED_NOUN = ("+", "\\")  # an adjective's derivationally related form, its pertainym
 MAX_NGRAM = 3
 WORD = re.compile(r"[a-z0-9]+(?:['-][a-z0-9]+)*", re.IGNORECASE)
 PLURAL_RULES = (("ses", "s"), ("xes", "x"), ("zes", "z"), ("ches", "ch"), ("shes", "sh"),
@@ -116,6 +125,42 @@ def noun_graph(root: Path = WORDNET_DIR) -> NounGraph:
     return NounGraph(senses, hypernyms, exceptions)
 
 
+@dataclass(frozen=True)
+class AdjectiveNouns:
+    """WordNet's adjective lemmas (``index.adj``) and, per adjective synset, the noun synsets
+    it is derived from or pertains to (``data.adj``, pointers ``+`` and ``\\`` to nouns)."""
+
+    senses: Mapping[str, tuple[str, ...]]  # lemma (lower case, "_" between words) -> synsets
+    nouns: Mapping[str, tuple[str, ...]]  # adjective synset -> noun synsets
+
+
+@cache
+def adjective_nouns(root: Path = WORDNET_DIR) -> AdjectiveNouns:
+    root = Path(root)
+    files = {n: root / n for n in ("index.adj", "data.adj")}
+    for path in files.values():
+        if not path.is_file():
+            raise DataError(
+                "WordNet database not found (install the Debian package wordnet-base)", file=path
+            )
+    senses: dict[str, tuple[str, ...]] = {}
+    with open(files["index.adj"], encoding="latin-1") as f:
+        for line in f:
+            if not line.startswith("  "):
+                p = line.split()
+                senses[p[0].lower()] = tuple(p[-int(p[2]) :])
+    nouns: dict[str, tuple[str, ...]] = {}
+    with open(files["data.adj"], encoding="latin-1") as f:
+        for line in f:
+            if line.startswith("  "):
+                continue
+            p = line.partition(" | ")[0].split()
+            k = 4 + 2 * int(p[3], 16)
+            ptrs = [p[k + 1 + 4 * i : k + 4 + 4 * i] for i in range(int(p[k]))]
+            nouns[p[0]] = tuple(off for sym, off, pos in ptrs if sym in DERIVED_NOUN and pos == "n")
+    return AdjectiveNouns(senses, nouns)
+
+
 class LexicalHints:
     """Inserts the class name after each word (or compound) whose WordNet noun senses reach
     exactly one class synset through hypernym pointers (at most ``max_depth`` of them)."""
@@ -126,10 +171,14 @@ class LexicalHints:
         graph: NounGraph | None = None,
         max_depth: int = 8,
         rule: int = DEFAULT_HINT_RULE,
+        adjectives: AdjectiveNouns | None = None,
     ) -> None:
         if rule not in HINT_RULES:
             raise ValueError(f"hint rule must be one of {HINT_RULES}, got {rule!r}")
         self.graph = graph if graph is not None else noun_graph()
+        self.adjectives = adjectives
+        if rule >= 3 and adjectives is None:
+            self.adjectives = adjective_nouns() if graph is None else AdjectiveNouns({}, {})
         self.max_depth = max_depth
         self.rule = rule
         self.class_of: dict[str, str] = {}
@@ -181,6 +230,13 @@ class LexicalHints:
         for lemma in lemmas:  # the first sense (by frequency) that reaches a class decides
             for s in self.graph.senses[lemma]:
                 found = self._classes_of_synset(s)
+                if found:
+                    return found.pop() if len(found) == 1 else None
+        if self.rule >= 3 and self.adjectives is not None:  # then the nouns of its adjectives
+            for s in self.adjectives.senses.get(key, ()):
+                found = set()
+                for noun in self.adjectives.nouns.get(s, ()):
+                    found |= self._classes_of_synset(noun)
                 if found:
                     return found.pop() if len(found) == 1 else None
         return None
@@ -244,4 +300,6 @@ def load_hints(
         if "synsets" not in entry:
             raise DataError(f"class {value!r} has no 'synsets'", file=HINT_SOURCES[name])
         classes[value] = [str(s) for s in entry["synsets"]]
+        if rule >= 3:  # the label name's own senses (module docstring)
+            classes[value] += [str(s) for s in entry.get("label_synsets", ())]
     return LexicalHints(classes, rule=rule)
