@@ -20,17 +20,14 @@ import torch
 from relevance_errors import rank_benchmark_split
 
 from dqecir.data.hints import HINT_RULES, load_hints
-from dqecir.metrics import average_precision_at_k
+from dqecir.metrics import map_at_k
 from dqecir.models.cir import load_model
 
 
 def split_map(model: torch.nn.Module, root: Path, split_name: str) -> float:
     split, ranking = rank_benchmark_split(model, root, split_name, torch.device("cpu"))
-    scores = [
-        100 * average_precision_at_k(ranking.rankings[q.qid], q.gt or (q.target,), 10)
-        for q in split.queries
-    ]
-    return sum(scores) / max(len(scores), 1)
+    rankings = [ranking.rankings[q.qid] for q in split.queries]
+    return map_at_k(rankings, [q.gt or (q.target,) for q in split.queries], 10)
 
 
 def main(argv: list[str] | None = None) -> int:

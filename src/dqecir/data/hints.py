@@ -45,9 +45,10 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
+from itertools import chain
 from pathlib import Path
 
 from dqecir.data.synthetic.vocabulary import (
@@ -93,36 +94,53 @@ class NounGraph:
         return [w for w in dict.fromkeys(out) if w in self.senses]
 
 
-@cache
-def noun_graph(root: Path = WORDNET_DIR) -> NounGraph:
-    root = Path(root)
-    files = {n: root / n for n in ("index.noun", "data.noun", "noun.exc")}
+def _wordnet_files(root: Path, names: Sequence[str]) -> dict[str, Path]:
+    files = {n: Path(root) / n for n in names}
     for path in files.values():
         if not path.is_file():
             raise DataError(
                 "WordNet database not found (install the Debian package wordnet-base)", file=path
             )
+    return files
+
+
+def _read_index(path: Path) -> dict[str, tuple[str, ...]]:
+    """``index.<pos>``: lemma (lower case, "_" between words) -> its synsets, most frequent
+    sense first."""
     senses: dict[str, tuple[str, ...]] = {}
-    with open(files["index.noun"], encoding="latin-1") as f:
+    with open(path, encoding="latin-1") as f:
         for line in f:
-            if line.startswith("  "):
-                continue
-            p = line.split()
-            senses[p[0].lower()] = tuple(p[-int(p[2]) :])
-    hypernyms: dict[str, tuple[str, ...]] = {}
-    with open(files["data.noun"], encoding="latin-1") as f:
+            if not line.startswith("  "):
+                p = line.split()
+                senses[p[0].lower()] = tuple(p[-int(p[2]) :])
+    return senses
+
+
+def _read_related(
+    path: Path, relations: tuple[str, ...], pos: str | None = None
+) -> dict[str, tuple[str, ...]]:
+    """``data.<pos>``: synset -> the targets of its ``relations`` pointers (into ``pos``)."""
+    related: dict[str, tuple[str, ...]] = {}
+    with open(path, encoding="latin-1") as f:
         for line in f:
-            if line.startswith("  "):
-                continue
-            synset = parse_synset(line, HYPERNYM)
-            hypernyms[synset.offset] = synset.related
+            if not line.startswith("  "):
+                synset = parse_synset(line, relations, pos)
+                related[synset.offset] = synset.related
+    return related
+
+
+@cache
+def noun_graph(root: Path = WORDNET_DIR) -> NounGraph:
+    files = _wordnet_files(root, ("index.noun", "data.noun", "noun.exc"))
     exceptions = {}
     with open(files["noun.exc"], encoding="latin-1") as f:
         for line in f:
             p = line.split()
             if len(p) >= 2:
                 exceptions[p[0].lower()] = p[1].lower()
-    return NounGraph(senses, hypernyms, exceptions)
+    return NounGraph(
+        _read_index(files["index.noun"]), _read_related(files["data.noun"], HYPERNYM), exceptions
+    )
 
 
 @dataclass(frozen=True)
@@ -136,29 +154,10 @@ class AdjectiveNouns:
 
 @cache
 def adjective_nouns(root: Path = WORDNET_DIR) -> AdjectiveNouns:
-    root = Path(root)
-    files = {n: root / n for n in ("index.adj", "data.adj")}
-    for path in files.values():
-        if not path.is_file():
-            raise DataError(
-                "WordNet database not found (install the Debian package wordnet-base)", file=path
-            )
-    senses: dict[str, tuple[str, ...]] = {}
-    with open(files["index.adj"], encoding="latin-1") as f:
-        for line in f:
-            if not line.startswith("  "):
-                p = line.split()
-                senses[p[0].lower()] = tuple(p[-int(p[2]) :])
-    nouns: dict[str, tuple[str, ...]] = {}
-    with open(files["data.adj"], encoding="latin-1") as f:
-        for line in f:
-            if line.startswith("  "):
-                continue
-            p = line.partition(" | ")[0].split()
-            k = 4 + 2 * int(p[3], 16)
-            ptrs = [p[k + 1 + 4 * i : k + 4 + 4 * i] for i in range(int(p[k]))]
-            nouns[p[0]] = tuple(off for sym, off, pos in ptrs if sym in DERIVED_NOUN and pos == "n")
-    return AdjectiveNouns(senses, nouns)
+    files = _wordnet_files(root, ("index.adj", "data.adj"))
+    return AdjectiveNouns(
+        _read_index(files["index.adj"]), _read_related(files["data.adj"], DERIVED_NOUN, "n")
+    )
 
 
 class LexicalHints:
@@ -176,9 +175,10 @@ class LexicalHints:
         if rule not in HINT_RULES:
             raise ValueError(f"hint rule must be one of {HINT_RULES}, got {rule!r}")
         self.graph = graph if graph is not None else noun_graph()
+        if adjectives is None:  # the real database's, unless the noun graph is a hand-made one
+            real = rule >= 3 and graph is None
+            adjectives = adjective_nouns() if real else AdjectiveNouns({}, {})
         self.adjectives = adjectives
-        if rule >= 3 and adjectives is None:
-            self.adjectives = adjective_nouns() if graph is None else AdjectiveNouns({}, {})
         self.max_depth = max_depth
         self.rule = rule
         self.class_of: dict[str, str] = {}
@@ -227,18 +227,18 @@ class LexicalHints:
                 for s in self.graph.senses[lemma]:
                     found |= self._classes_of_synset(s)
             return found.pop() if len(found) == 1 else None
-        for lemma in lemmas:  # the first sense (by frequency) that reaches a class decides
-            for s in self.graph.senses[lemma]:
-                found = self._classes_of_synset(s)
-                if found:
-                    return found.pop() if len(found) == 1 else None
-        if self.rule >= 3 and self.adjectives is not None:  # then the nouns of its adjectives
-            for s in self.adjectives.senses.get(key, ()):
-                found = set()
-                for noun in self.adjectives.nouns.get(s, ()):
-                    found |= self._classes_of_synset(noun)
-                if found:
-                    return found.pop() if len(found) == 1 else None
+        # the first sense (by frequency) that reaches a class decides: the noun senses, then
+        # (rule 3) each adjective sense through the nouns it derives from
+        senses: Iterable[Iterable[str]] = (
+            (s,) for lemma in lemmas for s in self.graph.senses[lemma]
+        )
+        if self.rule >= 3:
+            adj = self.adjectives
+            senses = chain(senses, (adj.nouns.get(s, ()) for s in adj.senses.get(key, ())))
+        for synsets in senses:
+            found = set().union(*(self._classes_of_synset(s) for s in synsets))
+            if found:
+                return found.pop() if len(found) == 1 else None
         return None
 
     def matches(self, text: str) -> list[tuple[int, int, str]]:

@@ -305,7 +305,9 @@ class WordNet:
         return out
 
 
-def parse_synset(line: str, relations: tuple[str, ...]) -> Synset:
+def parse_synset(line: str, relations: tuple[str, ...], pos: str | None = None) -> Synset:
+    """A ``data.<pos>`` line; ``related`` holds the targets of its ``relations`` pointers (only
+    those into part of speech ``pos`` when it is given: "n", "v", "a", "s", "r")."""
     head, _, gloss = line.partition(" | ")
     p = head.split()
     n_words = int(p[3], 16)
@@ -313,8 +315,8 @@ def parse_synset(line: str, relations: tuple[str, ...]) -> Synset:
     k = 4 + 2 * n_words
     related = []
     for i in range(int(p[k])):
-        sym, off = p[k + 1 + 4 * i : k + 3 + 4 * i]
-        if sym in relations:
+        sym, off, target_pos = p[k + 1 + 4 * i : k + 4 + 4 * i]
+        if sym in relations and (pos is None or target_pos == pos):
             related.append(off)
     return Synset(p[0], lemmas, tuple(related), gloss.strip())
 
