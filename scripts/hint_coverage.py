@@ -1,6 +1,7 @@
 """What the WordNet hints (dqecir.data.hints) reach on the embedded benchmarks' vocabulary.
 
     .venv/bin/python scripts/hint_coverage.py [--seed 0] [--rule 3]
+    .venv/bin/python scripts/hint_coverage.py --compare 2 3 [--data data]
 
 Prints, per benchmark:
 - shape words (garments / object shapes): how many of the held-out words of the phrasing split
@@ -11,16 +12,23 @@ Prints, per benchmark:
 - colour names: the same walk with the colour classes' WordNet synsets (the noun senses of each
   class name under "color" 04956594), on the names that contain no class word, against the
   CIELAB class of the vocabulary file: the measurement behind leaving colours unhinted.
+
+With ``--compare A B``: over every caption (and training variant) of every split of the built
+benchmarks under ``--data`` (``<kind>-default/cirr``), how many texts read differently under
+rule B than under rule A, and the (split, span, class) matches that B adds.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import re
 from collections import Counter
+from pathlib import Path
 
 from dqecir.data.hints import (
     DEFAULT_HINT_RULE,
+    HINT_RULES,
     HINT_SOURCES,
     LexicalHints,
     load_hints,
@@ -96,13 +104,46 @@ def color_report(benchmark: str) -> None:
     print("  e.g. " + ", ".join(disagree[:8]))
 
 
+def compare_rules(benchmark: str, root: Path, old: int, new: int) -> None:
+    """Texts whose hinted form differs between rule ``old`` and ``new``, per split, and the
+    matches ``new`` adds (module docstring)."""
+    h_old, h_new = load_hints(benchmark, rule=old), load_hints(benchmark, rule=new)
+    texts, changed, added = Counter(), Counter(), Counter()
+    for path in sorted((root / "captions").glob("cap.*.json")):
+        split = path.name.removeprefix("cap.").removesuffix(".json")
+        for q in json.loads(path.read_text(encoding="utf-8")):
+            for text in dict.fromkeys([q["caption"], *q.get("caption_variants", [])]):
+                texts[split] += 1
+                if h_old(text) == h_new(text):
+                    continue
+                changed[split] += 1
+                before = {(text[a:b].lower(), c) for a, b, c in h_old.matches(text)}
+                for a, b, c in h_new.matches(text):
+                    if (text[a:b].lower(), c) not in before:
+                        added[(split, text[a:b].lower(), c)] += 1
+    print(f"{benchmark}: texts read differently under rule {new} than under rule {old}")
+    for split in texts:
+        print(f"  {split:24s} {changed[split]:6d} of {texts[split]}")
+    for (split, span, name), n in sorted(added.items()):
+        print(f"  added  {split:24s} {span!r} ({name}) {n}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument(
         "--rule", type=int, default=DEFAULT_HINT_RULE, help="the hint rule (dqecir.data.hints)"
     )
+    ap.add_argument("--compare", nargs=2, type=int, metavar=("A", "B"), choices=HINT_RULES)
+    ap.add_argument("--data", type=Path, default=Path("data"), help="the built benchmarks")
     args = ap.parse_args()
+    if args.compare:
+        for b in HINT_SOURCES:
+            root = args.data / f"{b}-default" / "cirr"
+            if not (root / "captions").is_dir():
+                raise SystemExit(f"{root}: no captions (build it: dqecir make-benchmark {b})")
+            compare_rules(b, root, *args.compare)
+        return
     for b in HINT_SOURCES:
         shape_report(b, args.seed, args.rule)
         color_report(b)
