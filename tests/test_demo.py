@@ -38,6 +38,7 @@ def test_every_demo_row_is_a_valid_config(kind):
     assert hints == [
         f"model.backbone_kwargs.text_hints={kind}",
         f"model.backbone_kwargs.hint_rule={demo.HINT_RULE}",
+        "model.backbone_kwargs.text_spelling=true",
     ]
     for m in demo.MODELS:
         variant = variant_overrides(load_config(cfg), m.variant)
@@ -45,6 +46,7 @@ def test_every_demo_row_is_a_valid_config(kind):
         kw = c.model.backbone_kwargs
         assert kw["text_hints"] == kind  # every row reads the same hinted texts
         assert kw["hint_rule"] == demo.HINT_RULE
+        assert kw["text_spelling"] is True  # queries are read with their typos corrected
         assert kw["text_layers"] == 2 and kw["text_pooled"]  # every row shares one text cache
         assert kw.get("text_trainable", True) == ("qformer" in m.name)
         if m.variant == "full":  # the band chosen on the qformer's val, not the config's guard

@@ -111,12 +111,15 @@ HINT_RULE = 3
 
 def demo_hints(kind: str, config: Path) -> list[str]:
     """Every row of a lite demo reads its texts with the benchmark's WordNet hints for garment /
-    object words (dqecir.data.hints; chosen on val-unseen, docs/method.md "WordNet hints")."""
+    object words (dqecir.data.hints; chosen on val-unseen, docs/method.md "WordNet hints") and
+    corrects the typos of its queries (dqecir.data.spelling; docs/method.md "Spelling
+    correction of queries")."""
     if load_config(config).model.backbone != "lite":
         return []
     return [
         f"model.backbone_kwargs.text_hints={kind}",
         f"model.backbone_kwargs.hint_rule={HINT_RULE}",
+        "model.backbone_kwargs.text_spelling=true",
     ]
 
 
@@ -321,7 +324,8 @@ def _markdown(
         "only, new words only. The qformer rows train MiniLM's top 2 layers with the fusion "
         "(no dropout); the reference rows keep it frozen. "
         + (
-            f"Every row reads garment / object words with their WordNet hints (rule {HINT_RULE}). "
+            f"Every row reads garment / object words with their WordNet hints (rule {HINT_RULE}), "
+            "and its queries with their typos corrected (training captions as written). "
             if hinted
             else ""
         )

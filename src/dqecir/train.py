@@ -106,6 +106,26 @@ def resolve_headline(cfg: Config) -> Config:
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, headline=headline))
 
 
+def fill_spell_words(cfg: Config) -> None:
+    """With ``model.backbone_kwargs.text_spelling`` and no ``spell_words`` yet, set them to the
+    words of the training captions (:func:`dqecir.data.spelling.domain_words`), so that the
+    checkpoint's config carries the dictionary its queries are corrected towards."""
+    kwargs = cfg.model.backbone_kwargs
+    if not kwargs.get("text_spelling") or kwargs.get("spell_words"):
+        return
+    from dqecir.data.pipeline import query_texts
+    from dqecir.data.spelling import domain_words
+
+    texts = [
+        t
+        for s in load_splits(cfg, cfg.data.train_split)
+        for q in s.queries
+        for t in query_texts(q, True, max_variants=cfg.data.caption_variants)
+    ]
+    kwargs["spell_words"] = domain_words(texts)
+    log.info("text_spelling: %d words of %d training texts", len(kwargs["spell_words"]), len(texts))
+
+
 def ensure_data(cfg: Config) -> None:
     """Build the embedded benchmark the config names when its root does not exist yet."""
     root = Path(cfg.data.root)
@@ -303,6 +323,7 @@ class Trainer:
         seed_everything(cfg.train.seed)
         with self.dist.main_first():
             ensure_data(cfg)
+        fill_spell_words(cfg)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
         self.dist.broadcast_parameters(self._trainable())
         self.data = load_train_data(cfg, self.model, self.device, self.dist)

@@ -82,6 +82,14 @@ class FrozenStage(Protocol):
 
     def text_cache_key(self) -> str: ...
 
+    # and optionally (every Backbone has them) read_queries(texts) and query_cache_key()
+
+
+def read_queries(backbone: object, texts: Sequence[str]) -> list[str]:
+    """``texts`` as ``backbone`` reads a query (its ``read_queries``; as written without)."""
+    read = getattr(backbone, "read_queries", None)
+    return read(list(texts)) if read is not None else list(texts)
+
 
 def text_id(text: str) -> str:
     """Stable id of a text (sha256 of its exact UTF-8 bytes, 128 bits in hex)."""
@@ -448,9 +456,18 @@ class FeatureCache:
         *,
         batch_size: int = 256,
         progress: bool = True,
+        query: bool = False,
     ) -> FeatureTable:
-        """Features of every unique text, keyed by the text itself (``table.get(texts)``)."""
-        key = backbone.text_cache_key()
+        """Features of every unique text, keyed by the text itself (``table.get(texts)``).
+        ``query``: the texts are queries (evaluation, search), read through the backbone's
+        ``read_queries`` first and cached under its ``query_cache_key``; training captions
+        are encoded as written."""
+        query = query and hasattr(backbone, "query_cache_key")
+        key = backbone.query_cache_key() if query else backbone.text_cache_key()
+
+        def read(chunk: list[str]) -> list[str]:
+            return read_queries(backbone, chunk) if query else chunk
+
         store = _Store(store_dir(self.root, "texts", key), "texts", self.dtype)
         by_id = {text_id(t): t for t in texts}
 
@@ -466,7 +483,7 @@ class FeatureCache:
                     total=len(missing), desc="text features", unit="text", disable=not progress
                 ) as bar:
                     for chunk in _chunks(missing, batch_size):
-                        yield backbone.text_features([by_id[i] for i in chunk])
+                        yield backbone.text_features(read([by_id[i] for i in chunk]))
                         bar.update(len(chunk))
 
             return store.extend(key, table, missing, batches(), hashed=True)

@@ -152,9 +152,9 @@ def build_features(
     else:
         images = LazyRows(arr, stored.rows(image_ids))
     text_list = list(texts)
-    text_feats = cache.text_features(backbone, text_list, batch_size=batch_size * 4).get(
-        text_list, float_dtype=torch.float16
-    )
+    text_feats = cache.text_features(
+        backbone, text_list, batch_size=batch_size * 4, query=not train
+    ).get(text_list, float_dtype=torch.float16)
     return SplitFeatures(image_ids, images, text_list, text_feats)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from dqecir.data.features import read_queries
 from dqecir.data.images import DEFAULT_MAX_PIXELS, load_image, to_tensor
 from dqecir.device import resolve_device
 from dqecir.errors import DqecirError, QueryError
@@ -167,7 +168,9 @@ class Searcher:
     @torch.inference_mode()
     def _encode_texts(self, feats: torch.Tensor, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         bb = self.model.backbone
-        tfeats = {k: v.to(self.device) for k, v in bb.text_features(list(texts)).items()}
+        tfeats = {
+            k: v.to(self.device) for k, v in bb.text_features(read_queries(bb, texts)).items()
+        }
         out = self.model.query(feats, tfeats)
         return {k: v.float().cpu() for k, v in out.items() if k in ("q_star", "alpha")}
 

@@ -44,6 +44,17 @@ class Backbone(nn.Module):
     def text_features(self, texts: list[str]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    def read_queries(self, texts: list[str]) -> list[str]:
+        """The texts as a query is read at evaluation and search time; the training captions
+        are encoded as written. The identity unless the backbone corrects queries (the lite
+        backbone's ``text_spelling``, :mod:`dqecir.data.spelling`)."""
+        return list(texts)
+
+    def query_cache_key(self) -> str:
+        """Identity of :meth:`read_queries` then :meth:`text_features` (the text cache of
+        evaluation texts): :meth:`text_cache_key` unless queries are read otherwise."""
+        return self.text_cache_key()
+
     def cache_key(self) -> str:
         """Identity of the frozen stage (weights + preprocessing); a feature cache built under
         another key is stale."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from dqecir.data.hints import DEFAULT_HINT_RULE, load_hints
 from dqecir.data.images import Preprocess
+from dqecir.data.spelling import Speller
 from dqecir.errors import DataError
 from dqecir.models.backbones.base import Backbone, tokenize_padded
 from dqecir.models.backbones.tiny import masked_mean
@@ -364,6 +366,8 @@ class LiteBackbone(Backbone):
         text_hints: str = "",
         hint_rule: int = DEFAULT_HINT_RULE,
         text_pooled: bool = False,
+        text_spelling: bool = False,
+        spell_words: Sequence[str] = (),
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -390,7 +394,8 @@ class LiteBackbone(Backbone):
             h_from=h_from,
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
             text_dropout=text_dropout, text_dtype=text_dtype, text_hints=text_hints,
-            hint_rule=hint_rule, text_pooled=text_pooled,
+            hint_rule=hint_rule, text_pooled=text_pooled, text_spelling=text_spelling,
+            spell_words=list(spell_words),
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         # WordNet hints for words the training captions never used (dqecir.data.hints)
@@ -400,6 +405,10 @@ class LiteBackbone(Backbone):
         )
         self.image_tower = load_efficientnet_lite0(image_size)
         self.tokenizer, self.text_tower = load_minilm()
+        # A query's typos read as the word meant (dqecir.data.spelling; read_queries)
+        self.speller = (
+            Speller(spell_words, known=self.tokenizer.get_vocab()) if text_spelling else None
+        )
         for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
             p.requires_grad_(False)
         n_tower = len(self.text_tower.encoder.layer)
@@ -490,6 +499,17 @@ class LiteBackbone(Backbone):
             key += ":pooled"
         return key
 
+    def read_queries(self, texts: list[str]) -> list[str]:
+        """With ``text_spelling``, each query's typos corrected (:mod:`dqecir.data.spelling`);
+        the training captions keep theirs (docs/method.md, "Spelling correction of queries")."""
+        return self.speller.batch(texts) if self.speller is not None else list(texts)
+
+    def query_cache_key(self) -> str:
+        key = self.text_cache_key()
+        if self.speller is not None:
+            key += f":spell@{self.speller.fingerprint()}"
+        return key
+
     def cache_key(self) -> str:
         return f"{self.image_cache_key()}|{self.text_cache_key()}"
 
@@ -508,7 +528,8 @@ class LiteBackbone(Backbone):
         real tokens do not depend on the padding), under ``text_dtype`` autocast: bfloat16 is
         about 4x faster on CPUs with native bf16 and agrees with float32 to a cosine above
         0.9999 (docs/method.md). With ``text_hints`` each text is read with its WordNet hints
-        inserted first (:mod:`dqecir.data.hints`)."""
+        inserted first (:mod:`dqecir.data.hints`); a query's typos are corrected before this
+        (:meth:`read_queries`)."""
         device = next(self.text_tower.parameters()).device
         if self.hints is not None:
             texts = self.hints.batch(texts)

@@ -1,0 +1,103 @@
+"""dqecir.data.spelling: typos read as the word meant, and its place in the lite backbone."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from dqecir.config import load_config
+from dqecir.data.spelling import Speller, domain_words
+from dqecir.data.synthetic import make_benchmark
+from dqecir.models.cir import load_model
+from dqecir.train import train
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+def test_domain_words_most_frequent_first_and_without_recurring_typos() -> None:
+    texts = ["a blue shirt"] * 70 + ["a blue shitr"] * 3 + ["pls a tee"] * 5 + ["one wrd"] * 2
+    words = domain_words(texts)
+    assert words[:3] == ["a", "blue", "shirt"]
+    assert "shitr" not in words  # one edit from a word 23 times as frequent: a typo
+    assert "pls" in words  # no English word, but no frequent neighbour either
+    assert "wrd" not in words  # in fewer than 3 texts
+    assert domain_words(texts, typo_ratio=100.0).count("shitr") == 1
+
+
+def test_a_domain_word_wins_over_a_more_common_english_one() -> None:
+    sp = Speller(["shirt", "tone", "change", "purple"])
+    assert sp("A Button-down Shitr in the same TNOE; chnge it to pruple") == (
+        "A Button-down Shirt in the same TONE; change it to purple"
+    )
+    # without the domain, English frequency decides, and short words are not guessed
+    plain = Speller([])
+    assert plain.word("shitr") != "shirt"
+    assert plain.word("tnoe") == "tnoe"
+    assert plain.word("conpletely") == "completely"
+
+
+def test_known_words_and_non_words_stay() -> None:
+    sp = Speller(["ochre"])
+    for word in ("rhomb", "pentacle", "ochre", "espadrilles", "robin's", "i'd", "x2", "ab"):
+        assert sp(word) == word
+    assert sp.word("ocre") == "ochre"  # four letters: only a domain word reads it
+    assert Speller([]).word("ocre") == "ocre"
+    assert Speller([], known=["ocre"]).word("ocre") == "ocre"
+
+
+def test_fingerprint_follows_the_domain() -> None:
+    assert Speller(["shirt"]).fingerprint() == Speller(["shirt"]).fingerprint()
+    assert Speller(["shirt"]).fingerprint() != Speller(["shirt", "tone"]).fingerprint()
+
+
+@pytest.fixture(scope="module")
+def lite_spelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A lite combiner with text_spelling, trained one epoch on the tiny shapes benchmark."""
+    root = tmp_path_factory.mktemp("lite-spelled")
+    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
+    cfg = load_config(
+        CONFIGS / "lite_shapes.yaml",
+        [
+            f"data.root={root / 'bench' / 'cirr'}",
+            f"data.cache_dir={root / 'cache'}",
+            "data.make.size=tiny",
+            "train.epochs=1",
+            "trns.enabled=false",
+            "model.backbone_kwargs.text_spelling=true",
+        ],
+    )
+    return train(cfg, root / "run")
+
+
+def test_training_stores_the_caption_words_and_queries_read_through_them(
+    lite_spelled: Path,
+) -> None:
+    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    bb = model.backbone
+    words = bb.config()["spell_words"]
+    assert "circle" in words and words[0] == "a"
+    assert bb.speller is not None and bb.speller.domain == words
+    # queries are corrected, under their own cache key; training captions are read as written
+    assert bb.read_queries(["make it a cirlce"]) == ["make it a circle"]
+    assert bb.query_cache_key() == bb.text_cache_key() + f":spell@{bb.speller.fingerprint()}"
+    typo, right = bb.text_features(["make it a cirlce"]), bb.text_features(["make it a circle"])
+    assert not torch.equal(typo["tokens"], right["tokens"])
+    searcher_like = bb.text_features(bb.read_queries(["make it a cirlce"]))
+    assert torch.equal(searcher_like["tokens"], right["tokens"])
+
+
+def test_evaluation_features_are_those_of_the_corrected_query(
+    lite_spelled: Path, tmp_path: Path
+) -> None:
+    from dqecir.data.features import FeatureCache
+
+    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    bb, cache = model.backbone, FeatureCache(tmp_path)
+    texts = ["make it a cirlce", "make it a circle"]
+    as_query = cache.text_features(bb, texts, query=True, progress=False).get(texts)["tokens"]
+    as_caption = cache.text_features(bb, texts, progress=False).get(texts)["tokens"]
+    assert torch.equal(as_query[0], as_query[1])
+    assert not torch.equal(as_caption[0], as_caption[1])
+    assert torch.equal(as_caption[1], as_query[1])
