@@ -14,6 +14,7 @@ from dqecir.models.cir import load_model
 from dqecir.train import train
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def test_domain_words_most_frequent_first_and_without_recurring_typos() -> None:
@@ -71,6 +72,32 @@ def lite_spelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return train(cfg, root / "run")
 
 
+def test_compare_spelling_scores_both_readings(
+    lite_spelled: Path, script_module, monkeypatch, capsys
+) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    mod = script_module("compare_spelling")
+    bench = lite_spelled.parents[1] / "bench"
+    assert mod.main([str(lite_spelled), "--root", str(bench), "--splits", "val", "val-unseen"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split(" | ")
+    for cell in row[1:]:
+        raw, rest = cell.strip(" |").split(" -> ")
+        fixed, diff = rest.split(" (")
+        assert 0 <= float(raw) <= 100 and 0 <= float(fixed) <= 100
+        assert float(diff.split(";")[0]) == pytest.approx(float(fixed) - float(raw), abs=0.11)
+        assert int(diff.split("; ")[1].split()[0]) >= 0
+
+
+def test_compare_spelling_refuses_another_backbone(
+    tiny_trained, script_module, monkeypatch, capsys
+) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPTS))
+    mod = script_module("compare_spelling")
+    ckpt, root = tiny_trained
+    assert mod.main([str(ckpt), "--root", str(root.parent)]) == 2
+    assert "has no text_spelling" in capsys.readouterr().err
+
+
 def test_training_stores_the_caption_words_and_queries_read_through_them(
     lite_spelled: Path,
 ) -> None:
@@ -101,3 +128,16 @@ def test_evaluation_features_are_those_of_the_corrected_query(
     assert torch.equal(as_query[0], as_query[1])
     assert not torch.equal(as_caption[0], as_caption[1])
     assert torch.equal(as_caption[1], as_query[1])
+
+
+def test_spell_captions_corrects_the_training_captions_too(lite_spelled: Path) -> None:
+    from dqecir.models.backbones.lite import LiteBackbone
+
+    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    bb = model.backbone
+    bb.spell_captions = True
+    assert bb.query_cache_key() == bb.text_cache_key() and ":spell@" in bb.text_cache_key()
+    typo, right = bb.text_features(["make it a cirlce"]), bb.text_features(["make it a circle"])
+    assert torch.equal(typo["tokens"], right["tokens"])
+    with pytest.raises(ValueError, match="spell_captions needs text_spelling"):
+        LiteBackbone(fusion="combiner", spell_captions=True)

@@ -368,6 +368,7 @@ class LiteBackbone(Backbone):
         text_pooled: bool = False,
         text_spelling: bool = False,
         spell_words: Sequence[str] = (),
+        spell_captions: bool = False,
     ) -> None:
         super().__init__()
         if fusion not in FUSIONS:
@@ -384,6 +385,8 @@ class LiteBackbone(Backbone):
             )
         if not 0.0 <= token_dropout < 1.0:
             raise ValueError(f"lite token_dropout must be in [0, 1), got {token_dropout}")
+        if spell_captions and not text_spelling:
+            raise ValueError("lite spell_captions needs text_spelling")
         if not 0.0 <= text_dropout < 1.0:
             raise ValueError(f"lite text_dropout must be in [0, 1), got {text_dropout}")
         self._config = dict(
@@ -395,7 +398,7 @@ class LiteBackbone(Backbone):
             text_layers=text_layers, text_trainable=text_trainable, token_dropout=token_dropout,
             text_dropout=text_dropout, text_dtype=text_dtype, text_hints=text_hints,
             hint_rule=hint_rule, text_pooled=text_pooled, text_spelling=text_spelling,
-            spell_words=list(spell_words),
+            spell_words=list(spell_words), spell_captions=spell_captions,
         )  # fmt: skip
         self.image_stage, self.max_text_len = image_stage, max_text_len
         # WordNet hints for words the training captions never used (dqecir.data.hints)
@@ -405,10 +408,12 @@ class LiteBackbone(Backbone):
         )
         self.image_tower = load_efficientnet_lite0(image_size)
         self.tokenizer, self.text_tower = load_minilm()
-        # A query's typos read as the word meant (dqecir.data.spelling; read_queries)
+        # A query's typos read as the word meant (dqecir.data.spelling; read_queries), and with
+        # ``spell_captions`` the training captions' too (measured, not taken: docs/method.md)
         self.speller = (
             Speller(spell_words, known=self.tokenizer.get_vocab()) if text_spelling else None
         )
+        self.spell_captions = spell_captions
         for p in [*self.image_tower.parameters(), *self.text_tower.parameters()]:
             p.requires_grad_(False)
         n_tower = len(self.text_tower.encoder.layer)
@@ -497,16 +502,19 @@ class LiteBackbone(Backbone):
             key += f":hints={self._config['text_hints']}@{self.hints.fingerprint()}"
         if self.text_pooled:
             key += ":pooled"
+        if self.speller is not None and self.spell_captions:
+            key += f":spell@{self.speller.fingerprint()}"
         return key
 
     def read_queries(self, texts: list[str]) -> list[str]:
         """With ``text_spelling``, each query's typos corrected (:mod:`dqecir.data.spelling`);
-        the training captions keep theirs (docs/method.md, "Spelling correction of queries")."""
+        the training captions keep theirs unless ``spell_captions`` (docs/method.md, "Spelling
+        correction of queries")."""
         return self.speller.batch(texts) if self.speller is not None else list(texts)
 
     def query_cache_key(self) -> str:
         key = self.text_cache_key()
-        if self.speller is not None:
+        if self.speller is not None and not self.spell_captions:
             key += f":spell@{self.speller.fingerprint()}"
         return key
 
@@ -531,6 +539,8 @@ class LiteBackbone(Backbone):
         inserted first (:mod:`dqecir.data.hints`); a query's typos are corrected before this
         (:meth:`read_queries`)."""
         device = next(self.text_tower.parameters()).device
+        if self.speller is not None and self.spell_captions:
+            texts = self.speller.batch(texts)
         if self.hints is not None:
             texts = self.hints.batch(texts)
         n = len(texts)
