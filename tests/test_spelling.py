@@ -43,6 +43,9 @@ def test_known_words_and_non_words_stay() -> None:
     sp = Speller(["ochre"])
     for word in ("rhomb", "pentacle", "ochre", "espadrilles", "robin's", "i'd", "x2", "ab"):
         assert sp(word) == word
+    # words with digits, "_" or letters outside ASCII are never split into correctable parts
+    for text in ("café au lait", "jalapeño", "shitr2", "shitr_x", "tnoe's", "https"):
+        assert Speller(["shirt", "tone"])(text) == text
     assert sp.word("ocre") == "ochre"  # four letters: only a domain word reads it
     assert Speller([]).word("ocre") == "ocre"
     assert Speller([], known=["ocre"]).word("ocre") == "ocre"
@@ -106,6 +109,10 @@ def test_training_stores_the_caption_words_and_queries_read_through_them(
     words = bb.config()["spell_words"]
     assert "circle" in words and words[0] == "a"
     assert bb.speller is not None and bb.speller.domain == words
+    import yaml  # the run's config.yaml records the words too
+
+    saved = yaml.safe_load((lite_spelled.parent / "config.yaml").read_text())
+    assert saved["model"]["backbone_kwargs"]["spell_words"] == words
     # queries are corrected, under their own cache key; training captions are read as written
     assert bb.read_queries(["make it a cirlce"]) == ["make it a circle"]
     assert bb.query_cache_key() == bb.text_cache_key() + f":spell@{bb.speller.fingerprint()}"

@@ -669,6 +669,8 @@ def train(
                 (out / "log.jsonl").unlink(missing_ok=True)  # a fresh run starts a fresh log
             (out / "config.yaml").write_text(cfg.to_yaml())
         trainer = Trainer(cfg, out, dist=env)
+        if env.is_main and cfg.model.backbone_kwargs.get("spell_words"):
+            (out / "config.yaml").write_text(cfg.to_yaml())  # with the words the trainer filled
         try:
             if resume:
                 trainer.resume(out / "last.safetensors")

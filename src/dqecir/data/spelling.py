@@ -14,8 +14,9 @@ dropped, added, replaced, or two neighbours swapped), in this order:
 
 A word is known, and never changed, when it is in that English list, in WordNet (Debian
 ``wordnet-base``: "rhomb", "pentacle", most colour and garment nouns), in the text tower's
-vocabulary, or among the training captions' words. Words with digits or other signs, and words
-of fewer than 3 letters, are left as they are. The case of a replaced word follows the original
+vocabulary, or among the training captions' words. Words with digits, "_", an apostrophe or a
+letter outside ASCII ("café", "x2", "robin's"), and words of fewer than 3 letters, are left as
+they are, and a correction is always letters alone. The case of a replaced word follows the original
 ("SHITR" -> "SHIRT", "Shitr" -> "Shirt").
 
 The option is part of the model's config (``model.backbone_kwargs.text_spelling``); the training
@@ -34,8 +35,12 @@ from pathlib import Path
 from dqecir.data.synthetic.vocabulary import WORDNET_DIR
 from dqecir.errors import DataError
 
-WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
-"""A word of a text: letters, with an inner apostrophe ("robin's")."""
+WORD = re.compile(r"\w+(?:'\w+)*")
+"""A word of a text: letters, digits or "_" (any script), with inner apostrophes ("robin's");
+only a word of ASCII letters alone is ever corrected."""
+
+MEMO_SIZE = 100_000
+"""Corrections a :class:`Speller` remembers (a long-running server sees unbounded input)."""
 
 MIN_DOMAIN_COUNT = 3
 """A training-caption word enters the domain dictionary when at least this many captions hold
@@ -152,15 +157,17 @@ class Speller:
     def word(self, word: str) -> str:
         """``word`` as meant: itself when known, else its correction (or itself when none)."""
         w = word.lower()
-        if len(w) < 3 or not w.isalpha() or w in self._known:
+        if len(w) < 3 or not (w.isascii() and w.isalpha()) or w in self._known:
             return word
         fixed = self._memo.get(w)
         if fixed is None:
+            if len(self._memo) >= MEMO_SIZE:
+                self._memo.clear()
             fixed = self._memo[w] = self._correct(w)
         return word if fixed == w else _same_case(fixed, word)
 
     def _correct(self, w: str) -> str:
-        near = self._english.edit_distance_1(w)
+        near = [c for c in self._english.edit_distance_1(w) if c.isalpha()]
         in_domain = [c for c in near if c in self._rank]
         if in_domain:
             return min(in_domain, key=lambda c: self._rank[c])
