@@ -180,3 +180,20 @@ def test_search_cli_json_has_word_effects(tiny_trained, tmp_path, capsys):
     assert json.loads(capsys.readouterr().out)["word_effects"] is None
     assert main(argv[:-1]) == 0  # text output: one more line
     assert "word effects (score drop without the word): make " in capsys.readouterr().out
+
+
+class _SpellingBackbone(_Backbone):
+    """Reads a query's "rde" as "red", as the lite backbone's text_spelling would."""
+
+    def read_queries(self, texts: list[str]) -> list[str]:
+        return [" ".join("red" if w == "rde" else w for w in t.split()) for t in texts]
+
+
+def test_search_reads_queries_through_the_backbones_read_queries(searcher, monkeypatch):
+    pixels = _item("blue", "circle")
+    typo = searcher.search(pixels, "make it rde", k=3)
+    assert not typo.hits[0].id.startswith("red")  # read as written, "rde" is a filler word
+    monkeypatch.setattr(_Model, "backbone", _SpellingBackbone())
+    fixed = searcher.search(pixels, "make it rde", k=3)
+    assert fixed.hits == searcher.search(pixels, "make it red", k=3).hits
+    assert fixed.hits[0].id.startswith("red")
