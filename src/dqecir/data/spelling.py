@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from functools import cache
 from pathlib import Path
 
+from dqecir.data.hints import _read_index, _wordnet_files
 from dqecir.data.synthetic.vocabulary import WORDNET_DIR
 from dqecir.errors import DataError
 
@@ -51,7 +52,8 @@ TYPO_RATIO = 20.0
 times as frequent (:func:`domain_words`)."""
 
 
-def _english():
+@cache
+def _english_checker():
     try:
         from spellchecker import SpellChecker
     except ImportError as e:  # pragma: no cover - a pinned dependency
@@ -60,25 +62,16 @@ def _english():
 
 
 @cache
-def _english_checker():
-    return _english()
-
-
-@cache
 def wordnet_words(root: Path = WORDNET_DIR) -> frozenset[str]:
     """Every word of every WordNet lemma (compounds split at "_" and "-")."""
-    words: set[str] = set()
-    for pos in ("noun", "adj", "verb", "adv"):
-        path = Path(root) / f"index.{pos}"
-        if not path.is_file():
-            raise DataError(
-                "WordNet database not found (install the Debian package wordnet-base)", file=path
-            )
-        with open(path, encoding="latin-1") as f:
-            for line in f:
-                if not line.startswith(" "):
-                    words.update(w for w in re.split(r"[_\-]", line.split(" ", 1)[0]) if w)
-    return frozenset(words)
+    names = [f"index.{pos}" for pos in ("noun", "adj", "verb", "adv")]
+    return frozenset(
+        w
+        for path in _wordnet_files(Path(root), names).values()
+        for lemma in _read_index(path)
+        for w in re.split(r"[_\-]", lemma)
+        if w
+    )
 
 
 def domain_words(
