@@ -7,13 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from dqecir.config import load_config
 from dqecir.data.spelling import Speller, domain_words
-from dqecir.data.synthetic import make_benchmark
 from dqecir.models.cir import load_model
-from dqecir.train import train
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
@@ -56,32 +52,14 @@ def test_fingerprint_follows_the_domain() -> None:
     assert Speller(["shirt"]).fingerprint() != Speller(["shirt", "tone"]).fingerprint()
 
 
-@pytest.fixture(scope="module")
-def lite_spelled(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A lite combiner with text_spelling, trained one epoch on the tiny shapes benchmark."""
-    root = tmp_path_factory.mktemp("lite-spelled")
-    make_benchmark("shapes", root / "bench", seed=0, size="tiny")
-    cfg = load_config(
-        CONFIGS / "lite_shapes.yaml",
-        [
-            f"data.root={root / 'bench' / 'cirr'}",
-            f"data.cache_dir={root / 'cache'}",
-            "data.make.size=tiny",
-            "train.epochs=1",
-            "trns.enabled=false",
-            "model.backbone_kwargs.text_spelling=true",
-        ],
-    )
-    return train(cfg, root / "run")
-
-
 def test_compare_spelling_scores_both_readings(
-    lite_spelled: Path, script_module, monkeypatch, capsys
+    lite_trained: tuple[Path, Path], script_module, monkeypatch, capsys
 ) -> None:
     monkeypatch.syspath_prepend(str(SCRIPTS))
     mod = script_module("compare_spelling")
-    bench = lite_spelled.parents[1] / "bench"
-    assert mod.main([str(lite_spelled), "--root", str(bench), "--splits", "val", "val-unseen"]) == 0
+    ckpt, cirr = lite_trained
+    bench = cirr.parent
+    assert mod.main([str(ckpt), "--root", str(bench), "--splits", "val", "val-unseen"]) == 0
     row = capsys.readouterr().out.splitlines()[2].split(" | ")
     for cell in row[1:]:
         raw, rest = cell.strip(" |").split(" -> ")
@@ -102,16 +80,17 @@ def test_compare_spelling_refuses_another_backbone(
 
 
 def test_training_stores_the_caption_words_and_queries_read_through_them(
-    lite_spelled: Path,
+    lite_trained: tuple[Path, Path],
 ) -> None:
-    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    ckpt = lite_trained[0]
+    model, _ = load_model(ckpt, torch.device("cpu"))
     bb = model.backbone
     words = bb.config()["spell_words"]
     assert "circle" in words and words[0] == "a"
     assert bb.speller is not None and bb.speller.domain == words
     import yaml  # the run's config.yaml records the words too
 
-    saved = yaml.safe_load((lite_spelled.parent / "config.yaml").read_text())
+    saved = yaml.safe_load((ckpt.parent / "config.yaml").read_text())
     assert saved["model"]["backbone_kwargs"]["spell_words"] == words
     # queries are corrected, under their own cache key; training captions are read as written
     assert bb.read_queries(["make it a cirlce"]) == ["make it a circle"]
@@ -123,11 +102,11 @@ def test_training_stores_the_caption_words_and_queries_read_through_them(
 
 
 def test_evaluation_features_are_those_of_the_corrected_query(
-    lite_spelled: Path, tmp_path: Path
+    lite_trained: tuple[Path, Path], tmp_path: Path
 ) -> None:
     from dqecir.data.features import FeatureCache
 
-    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    model, _ = load_model(lite_trained[0], torch.device("cpu"))
     bb, cache = model.backbone, FeatureCache(tmp_path)
     texts = ["make it a cirlce", "make it a circle"]
     as_query = cache.text_features(bb, texts, query=True, progress=False).get(texts)["tokens"]
@@ -137,10 +116,12 @@ def test_evaluation_features_are_those_of_the_corrected_query(
     assert torch.equal(as_caption[1], as_query[1])
 
 
-def test_spell_captions_corrects_the_training_captions_too(lite_spelled: Path) -> None:
+def test_spell_captions_corrects_the_training_captions_too(
+    lite_trained: tuple[Path, Path],
+) -> None:
     from dqecir.models.backbones.lite import LiteBackbone
 
-    model, _ = load_model(lite_spelled, torch.device("cpu"))
+    model, _ = load_model(lite_trained[0], torch.device("cpu"))
     bb = model.backbone
     bb.spell_captions = True
     assert bb.query_cache_key() == bb.text_cache_key() and ":spell@" in bb.text_cache_key()
