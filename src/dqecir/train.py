@@ -17,6 +17,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,7 +34,13 @@ from dqecir.checkpoint import (
     save_checkpoint,
 )
 from dqecir.config import Config, ConfigError, checkpoint_config
-from dqecir.data.pipeline import SplitFeatures, TrainQueries, build_features, build_train_queries
+from dqecir.data.pipeline import (
+    SplitFeatures,
+    TrainQueries,
+    build_features,
+    build_train_queries,
+    query_texts,
+)
 from dqecir.data.types import CIRSplit
 from dqecir.device import resolve_device
 from dqecir.distributed import DistEnv, epoch_batches, init_distributed, local_device, shutdown
@@ -106,19 +113,18 @@ def resolve_headline(cfg: Config) -> Config:
     return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, headline=headline))
 
 
-def fill_spell_words(cfg: Config) -> None:
+def fill_spell_words(cfg: Config, train_splits: Sequence[CIRSplit]) -> None:
     """With ``model.backbone_kwargs.text_spelling`` and no ``spell_words`` yet, set them to the
-    words of the training captions (:func:`dqecir.data.spelling.domain_words`), so that the
-    checkpoint's config carries the dictionary its queries are corrected towards."""
+    words of the captions of ``train_splits`` (:func:`dqecir.data.spelling.domain_words`), so
+    that the checkpoint's config carries the dictionary its queries are corrected towards."""
     kwargs = cfg.model.backbone_kwargs
     if not kwargs.get("text_spelling") or kwargs.get("spell_words"):
         return
-    from dqecir.data.pipeline import query_texts
     from dqecir.data.spelling import domain_words
 
     texts = [
         t
-        for s in load_splits(cfg, cfg.data.train_split)
+        for s in train_splits
         for q in s.queries
         for t in query_texts(q, True, max_variants=cfg.data.caption_variants)
     ]
@@ -246,13 +252,18 @@ class TrainData:
         return self.train_table.images[rows].to(device, non_blocking=True).float()
 
 
-def load_train_data(cfg: Config, model: CIRModel, device: torch.device, dist: DistEnv) -> TrainData:
+def load_train_data(
+    cfg: Config,
+    model: CIRModel,
+    device: torch.device,
+    dist: DistEnv,
+    train_splits: Sequence[CIRSplit],
+) -> TrainData:
     cache = (
         Path(cfg.data.cache_dir) if cfg.data.cache_dir else Path(cfg.data.root) / ".dqecir-cache"
     )
     bb, fb = model.backbone, cfg.train.feature_batch_size
     lexicon = load_lexicon(cfg.data.lexicon, cfg.data.root)
-    train_splits = load_splits(cfg, cfg.data.train_split)
     val_splits = load_splits(cfg, cfg.data.val_split)
     with dist.main_first():  # the feature cache takes one writer at a time
         train_table = build_features(
@@ -323,10 +334,11 @@ class Trainer:
         seed_everything(cfg.train.seed)
         with self.dist.main_first():
             ensure_data(cfg)
-        fill_spell_words(cfg)
+        train_splits = load_splits(cfg, cfg.data.train_split)
+        fill_spell_words(cfg, train_splits)
         self.model = build_model(cfg.model, cfg.loss).to(self.device)
         self.dist.broadcast_parameters(self._trainable())
-        self.data = load_train_data(cfg, self.model, self.device, self.dist)
+        self.data = load_train_data(cfg, self.model, self.device, self.dist, train_splits)
         self.queries = self.data.queries
         self.batches = epoch_batches(len(self.queries), cfg.train.batch_size, self.dist.world)
         self.steps_per_epoch = len(self.batches)  # ceil(queries / batch_size) in one process
